@@ -1,0 +1,239 @@
+"""``rbd-hpc``: train, replay, inspect, bench. A thin main(); user errors are one line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from .errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage too)
+        raise UserError(message)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+
+    p = _Parser(prog="rbd-hpc", description="Random Bases Descent on HPC clusters")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a network (under mpiexec/srun: one rank per process)")
+    t.add_argument("--preset", default=None, help="one of: " + ", ".join(PRESETS) + " (default fc-fmnist)")
+    t.add_argument("--method", help="rbd, fpd or sgd")
+    t.add_argument("--d", type=_int, help="directions per step (split over compartments by size)")
+    t.add_argument("--d-per-compartment", type=_int, help="directions per compartment instead of --d")
+    t.add_argument("--dist", help="gaussian, rademacher, uniform or srht")
+    t.add_argument("--normalize", help="expected (E‖φ‖²=1, default) or exact (‖φ‖=1)")
+    t.add_argument("--antithetic", action="store_true", default=None, help="directions in pairs (φ, −φ)")
+    t.add_argument("--compartments", help="network, layer or block:N")
+    t.add_argument("--redraw-every", type=_int, help="redraw directions every n steps (RBD)")
+    t.add_argument("--chunk", type=_int, help="directions generated per chunk")
+    t.add_argument("--epochs", type=_int)
+    t.add_argument("--steps", type=_int, help="train this many steps instead of --epochs")
+    t.add_argument("--batch-size", type=_int, help="global batch size (default 32)")
+    t.add_argument("--lr", type=_float, help="learning rate (default: the preset's base × batch size)")
+    t.add_argument("--momentum", type=_float, help="SGD momentum")
+    t.add_argument("--schedule", help="constant or cosine")
+    t.add_argument("--seed", type=_int, help="root seed of the seed schedule")
+    t.add_argument("--data-dir", help="data directory (default $RBD_DATA or the Fashion-MNIST package)")
+    t.add_argument("--val-size", type=_int, help="training samples held out for validation")
+    t.add_argument("--augment", dest="augment", action="store_true", default=None,
+                   help="the paper's augmentation (random crop, brightness / flip)")
+    t.add_argument("--mode", help="shared (data-parallel, default) or per-rank (direction-parallel)")
+    t.add_argument("--snapshot-every", type=_int, help="full θ snapshot every N steps")
+    t.add_argument("--check-every", type=_int, help="compare θ hashes across ranks every N steps")
+    t.add_argument("--device", help="cpu, cuda or ipu")
+    t.add_argument("--threads", type=_int, help="torch threads per rank")
+    t.add_argument("--out", help="the run file (HDF5) to write")
+    t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
+    t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+
+    r = sub.add_parser("replay", help="regenerate a run's weights from its seed log, without data")
+    r.add_argument("run")
+    r.add_argument("--step", type=_int, help="stop after N steps (default: all committed)")
+    r.add_argument("--out", help="write the weights to a .npz or .pt file")
+    r.add_argument("--verify", action="store_true", help="compare with every stored snapshot")
+
+    i = sub.add_parser("inspect", help="summarise a run file")
+    i.add_argument("run")
+    i.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="time RBD steps against SGD steps")
+    b.add_argument("--model", default="fc")
+    b.add_argument("--dataset", default="fmnist")
+    b.add_argument("--d", type=_int, default=250)
+    b.add_argument("--dist", default="gaussian,rademacher,uniform,srht")
+    b.add_argument("--compartments", default="network")
+    b.add_argument("--steps", type=_int, default=20)
+    b.add_argument("--threads", type=_int, default=None)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--no-reference", dest="reference", action="store_false")
+    return p
+
+
+TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
+              "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "schedule",
+              "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
+              "device", "threads")
+
+
+def cmd_train(args, comm) -> int:
+    from .config import TrainConfig
+    from .train import train
+
+    overrides = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+    if args.resume:
+        from .runlog import RunFile
+
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise UserError("--resume writes to the run file it resumes; drop --out")
+        if comm.rank == 0:
+            with RunFile(args.resume) as run:
+                stored = json.loads(run.config_json)
+        else:
+            stored = None
+        stored = comm.broadcast_object(stored)
+        free = set(TrainConfig.RESUME_FREE)
+        differ = sorted(k for k, v in overrides.items() if k not in free and stored.get(k) != v)
+        if args.preset and args.preset != stored.get("preset"):
+            differ.insert(0, "preset")
+        if differ:
+            raise UserError(f"--resume {args.resume}: config differs from the run file in "
+                            f"{', '.join(differ)}; resume with the stored config")
+        stored.update({k: v for k, v in overrides.items() if k in free})
+        cfg = TrainConfig(**stored)
+        out = args.resume
+    else:
+        cfg = TrainConfig.from_preset(args.preset or "fc-fmnist", **overrides)
+        out = args.out
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # finish the current step, commit, exit for requeue
+        stop["flag"] = True
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
+                    resume=bool(args.resume), should_stop=lambda: stop["flag"])
+    if comm.rank == 0:
+        if summary["preempted"]:
+            print(f"rbd-hpc: preempted after step {summary['steps_done']} of "
+                  f"{summary['total_steps']}; run file committed: {out}", flush=True)
+        else:
+            acc = summary.get("test_acc", float("nan"))
+            print(f"{cfg.method} {cfg.model}-{cfg.dataset}: {summary['steps_done']} steps, "
+                  f"test_acc {acc:.4f}, val_acc {summary.get('val_acc', float('nan')):.4f}, "
+                  f"{summary.get('ms_per_step', float('nan')):.2f} ms/step, "
+                  f"{summary.get('bytes_per_step', 0):.0f} B/step over {comm.size} rank(s)"
+                  + (f", run file {out}" if out else ""), flush=True)
+    return EXIT_PREEMPTED if summary["preempted"] else 0
+
+
+def cmd_replay(args) -> int:
+    from .replay import replay_to, save_weights, verify
+    from .runlog import RunFile
+
+    with RunFile(args.run) as run:
+        if args.verify:
+            ok, worst, lines = verify(run)
+            for line in lines:
+                print(line)
+            print(f"verify: {'OK' if ok else 'MISMATCH'} over {run.committed} steps, "
+                  f"{len(lines)} snapshots, max |diff| {worst:.3g}")
+            if not ok:
+                return 1
+        target = run.committed if args.step is None else args.step
+        if args.out or not args.verify:
+            theta = replay_to(run, target)
+            if args.out:
+                save_weights(run, theta, args.out)
+            print(f"replayed {target} steps of {args.run}"
+                  + (f"; weights written to {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect_run import describe
+
+    text, info = describe(args.run)
+    print(json.dumps(info, indent=1, default=str) if args.json else text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_table, run_bench
+
+    dists = tuple(x for x in args.dist.split(",") if x)
+    from .bases import DISTRIBUTIONS
+    from .models import MODELS
+
+    for dist in dists:
+        if dist not in DISTRIBUTIONS:
+            raise UserError(f"--dist {dist!r} is not valid; choose from: " + ", ".join(DISTRIBUTIONS))
+    if args.model not in MODELS:
+        raise UserError(f"--model {args.model!r} is not valid; choose one of: " + ", ".join(MODELS))
+    from .bench import SHAPES
+
+    if args.dataset not in SHAPES:
+        raise UserError(f"--dataset {args.dataset!r} is not valid; choose one of: " + ", ".join(SHAPES))
+    rows = run_bench(args.model, args.dataset, args.d, dists, args.compartments, steps=args.steps,
+                     threads=args.threads, device=args.device, reference=args.reference)
+    import torch
+
+    print(format_table(rows, f"# {args.model}-{args.dataset}, d={args.d}, compartments="
+                       f"{args.compartments}, batch 32, {torch.get_num_threads()} threads, "
+                       f"{args.steps} interleaved steps"))
+    return 0
+
+
+def main(argv=None) -> int:
+    comm = None
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "train":
+            from .comm import create_communicator, install_abort_handler
+
+            comm = create_communicator()
+            install_abort_handler(comm)
+            return cmd_train(args, comm)
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "inspect":
+            return cmd_inspect(args)
+        return cmd_bench(args)
+    except UserError as e:
+        rank = f"[rank {comm.rank}] " if comm is not None and comm.size > 1 else ""
+        print(f"rbd-hpc: error: {rank}{e}", file=sys.stderr, flush=True)
+        if comm is not None and comm.size > 1:
+            comm.abort(EXIT_USER_ERROR)  # the other ranks would wait forever in a collective
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""How θ is split into compartments and how the d directions are allocated.
+
+Pure functions over parameter names and sizes: no torch, no MPI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .errors import UserError
+
+SCHEMES = ("network", "layer", "block:N")
+
+
+@dataclasses.dataclass(frozen=True)
+class Compartment:
+    """A contiguous slice [start, stop) of the flat parameter vector with d directions."""
+
+    index: int
+    start: int
+    stop: int
+    d: int
+    name: str
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def split_d(sizes: list[int], d_total: int) -> list[int]:
+    """Split ``d_total`` directions over compartments in proportion to their sizes.
+
+    Largest-remainder rounding; every compartment gets at least one direction and at
+    most its own size. The result sums to ``d_total`` exactly.
+    """
+    k = len(sizes)
+    if d_total < k:
+        raise UserError(f"--d {d_total} is smaller than the number of compartments ({k}); "
+                        f"use --d >= {k} or fewer compartments")
+    if d_total > sum(sizes):
+        raise UserError(f"--d {d_total} exceeds the number of parameters ({sum(sizes)})")
+    total = sum(sizes)
+    # one direction each, the rest in proportion to size (largest remainder)
+    rest = d_total - k
+    quotas = [rest * s / total for s in sizes]
+    alloc = [1 + int(q) for q in quotas]
+    order = sorted(range(k), key=lambda i: (-(quotas[i] - int(quotas[i])), i))
+    short = d_total - sum(alloc)
+    for i in order[:short]:
+        alloc[i] += 1
+    # cap at the compartment size, handing the excess to those with room
+    excess = 0
+    for i, s in enumerate(sizes):
+        if alloc[i] > s:
+            excess += alloc[i] - s
+            alloc[i] = s
+    for i in sorted(range(k), key=lambda i: -sizes[i]):
+        room = sizes[i] - alloc[i]
+        take = min(room, excess)
+        alloc[i] += take
+        excess -= take
+    assert sum(alloc) == d_total
+    return alloc
+
+
+def _layer_of(name: str) -> str:
+    """'conv1.weight' -> 'conv1': parameters of one module form one layer."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def segments(param_sizes: list[tuple[str, int]], scheme: str) -> list[tuple[str, int, int]]:
+    """Compartment boundaries (name, start, stop) for a scheme, before d is allocated."""
+    total = sum(n for _, n in param_sizes)
+    if scheme == "network":
+        return [("network", 0, total)]
+    if scheme == "layer":
+        out: list[tuple[str, int, int]] = []
+        offset = 0
+        for name, n in param_sizes:
+            layer = _layer_of(name)
+            if out and out[-1][0] == layer:
+                out[-1] = (layer, out[-1][1], offset + n)
+            else:
+                out.append((layer, offset, offset + n))
+            offset += n
+        return out
+    m = re.fullmatch(r"block:(\d+)", scheme)
+    if m:
+        size = int(m.group(1))
+        if size <= 0:
+            raise UserError(f"--compartments {scheme}: block size must be positive")
+        return [(f"block{i}", s, min(s + size, total))
+                for i, s in enumerate(range(0, total, size))]
+    raise UserError(f"--compartments {scheme!r} is not valid; choose one of: "
+                    + ", ".join(SCHEMES))
+
+
+def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
+                       d_total: int | None = None,
+                       d_per_compartment: int | None = None) -> list[Compartment]:
+    """Compartments with their d: either ``d_total`` split by size or ``d_per_compartment`` each."""
+    segs = segments(param_sizes, scheme)
+    sizes = [stop - start for _, start, stop in segs]
+    if d_per_compartment is not None:
+        if d_per_compartment <= 0:
+            raise UserError(f"--d-per-compartment {d_per_compartment} must be positive")
+        small = [(n, s) for (n, _, _), s in zip(segs, sizes) if s < d_per_compartment]
+        if small:
+            raise UserError(f"--d-per-compartment {d_per_compartment} is larger than compartment "
+                            f"{small[0][0]!r} ({small[0][1]} parameters)")
+        ds = [d_per_compartment] * len(segs)
+    else:
+        if d_total is None or d_total <= 0:
+            raise UserError(f"--d {d_total} must be a positive integer")
+        ds = split_d(sizes, d_total)
+    return [Compartment(i, start, stop, d, name)
+            for i, ((name, start, stop), d) in enumerate(zip(segs, ds))]
+
+
+def direction_owner(compartment: Compartment, index: int) -> int:
+    """Rank owning direction ``index`` of a compartment in per-rank-bases mode."""
+    return index // compartment.d

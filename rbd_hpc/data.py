@@ -1,0 +1,254 @@
+"""Data sets from standard files in a data directory, keyed order and augmentation.
+
+Formats:
+  IDX (MNIST, Fashion-MNIST): train-images-idx3-ubyte, train-labels-idx1-ubyte,
+      t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte — raw or with a .gz suffix.
+  CIFAR-10 python batches: data_batch_1..5 and test_batch, in the directory or in its
+      cifar-10-batches-py/ subdirectory. They are pickles; we unpickle them with a
+      loader that admits only the NumPy array types the format uses, so a crafted
+      file cannot run code.
+
+Data order is keyed by (root seed, epoch) and rank r takes a fixed slice of each
+global batch (DESIGN.md invariant 6). Augmentation is keyed by (root seed, epoch,
+global batch index) and drawn for the whole global batch, so it does not depend on the
+number of ranks either.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .seeds import Stream, derive_seed, numpy_rng
+
+DATASETS = ("mnist", "fmnist", "cifar10")
+DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclasses.dataclass
+class Split:
+    x: np.ndarray  # uint8, (N, H, W, C)
+    y: np.ndarray  # int64, (N,)
+
+
+@dataclasses.dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample as the model sees it."""
+        _, h, w, c = self.train.x.shape
+        return c, h, w
+
+
+def resolve_data_dir(dataset: str, data_dir: str | None) -> tuple[Path, str]:
+    """The directory to read and where that choice came from (for error messages)."""
+    if data_dir:
+        return Path(data_dir), "--data-dir"
+    if os.environ.get("RBD_DATA"):
+        return Path(os.environ["RBD_DATA"]), "$RBD_DATA"
+    if dataset == "fmnist":
+        return Path(DEFAULT_FMNIST_DIR), "the default location"
+    raise UserError(f"data set {dataset!r} has no default location; pass --data-dir DIR or set "
+                    "RBD_DATA")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (raw or gzipped); errors name the file and what is wrong."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise UserError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated (header incomplete)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise UserError(f"{path} is corrupt: {len(raw)} bytes, expected {expected} for shape {dims}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _find(directory: Path, stem: str, where: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise UserError(f"missing data file {stem}[.gz] in {directory} (from {where})")
+
+
+def load_idx_dataset(directory: Path, where: str) -> tuple[Split, Split]:
+    arrays = {k: read_idx(_find(directory, stem, where)) for k, stem in IDX_FILES.items()}
+    out = []
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise UserError(f"{part} images {x.shape} and labels {y.shape} in {directory} do not match")
+        if y.size and (y.min() < 0 or y.max() > 9):
+            raise UserError(f"{part} labels in {directory} are outside 0..9")
+        out.append(Split(np.ascontiguousarray(x[..., None], dtype=np.uint8), y.astype(np.int64)))
+    return out[0], out[1]
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10 batches contain: dicts, lists, bytes and NumPy arrays."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+        data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"] if b"labels" in batch else batch["labels"])
+    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path} is not a valid CIFAR-10 batch: {e}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise UserError(f"{path} is corrupt: data {data.shape}, labels {labels.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def load_cifar10(directory: Path, where: str) -> tuple[Split, Split]:
+    base = directory / "cifar-10-batches-py" if (directory / "cifar-10-batches-py").is_dir() else directory
+    parts = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        if not (base / name).is_file():
+            raise UserError(f"missing data file {name} in {base} (from {where})")
+        parts.append(_read_cifar_batch(base / name))
+    train = Split(np.ascontiguousarray(np.concatenate([p[0] for p in parts[:5]])),
+                  np.concatenate([p[1] for p in parts[:5]]))
+    return train, Split(np.ascontiguousarray(parts[5][0]), parts[5][1])
+
+
+def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 5000) -> Dataset:
+    """Load ``name`` and hold out ``val_size`` training samples (a split keyed by seed)."""
+    if name not in DATASETS:
+        raise UserError(f"data set {name!r} is not valid; choose one of: " + ", ".join(DATASETS))
+    directory, where = resolve_data_dir(name, data_dir)
+    if not directory.is_dir():
+        raise UserError(f"data directory {directory} (from {where}) does not exist")
+    train, test = (load_cifar10 if name == "cifar10" else load_idx_dataset)(directory, where)
+    if not 0 <= val_size < len(train.y):
+        raise UserError(f"--val-size {val_size} must be in [0, {len(train.y)})")
+    perm = numpy_rng(derive_seed(seed, Stream.SPLIT)).permutation(len(train.y))
+    val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
+    return Dataset(name, Split(train.x[train_idx], train.y[train_idx]),
+                   Split(train.x[val_idx], train.y[val_idx]), test, str(directory))
+
+
+# --- order, sharding, augmentation: pure functions of keys --------------------------------
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The permutation of the training set for ``epoch`` (same on every rank)."""
+    return numpy_rng(derive_seed(seed, Stream.DATA_ORDER, epoch)).permutation(n)
+
+
+def shard(global_batch: np.ndarray, rank: int, size: int) -> np.ndarray:
+    """Rank ``rank``'s fixed slice of a global batch (sizes must divide evenly)."""
+    per = len(global_batch) // size
+    return global_batch[rank * per:(rank + 1) * per]
+
+
+def augment_params(seed: int, epoch: int, batch: int, n: int, pad: int, flip: bool,
+                   brightness: float) -> np.ndarray:
+    """Per-sample (dy, dx, flip, brightness delta) for one global batch, keyed by (seed, epoch, batch)."""
+    rng = numpy_rng(derive_seed(seed, Stream.AUGMENT, epoch, 0, batch))
+    shifts = rng.integers(0, 2 * pad + 1, size=(n, 2)).astype(np.float64)
+    flips = rng.integers(0, 2, size=(n, 1)) if flip else np.zeros((n, 1))
+    delta = rng.uniform(-brightness, brightness, size=(n, 1)) if brightness else np.zeros((n, 1))
+    return np.concatenate([shifts, flips, delta], axis=1)
+
+
+def apply_augmentation(x: np.ndarray, params: np.ndarray, pad: int) -> np.ndarray:
+    """The paper's augmentation: pad by ``pad``, random crop back (a translation with zero
+    fill), optional horizontal flip, then a brightness delta (on [0, 1] floats, no clip)."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = np.empty(x.shape, dtype=np.float32)
+    for i, (dy, dx, fl, delta) in enumerate(params):
+        img = padded[i, int(dy):int(dy) + h, int(dx):int(dx) + w]
+        out[i] = (img[:, ::-1] if fl else img) / np.float32(255.0) + np.float32(delta)
+    return out
+
+
+def to_tensor(x: np.ndarray, device="cpu", standardize: bool = False) -> torch.Tensor:
+    """NHWC (uint8, or floats already in [0, 1]) → float32 NCHW: the paper's x/255.
+
+    ``standardize`` applies per-image standardisation (the official CIFAR-10 pipeline,
+    TensorFlow's per_image_standardization) to train and test images alike.
+    """
+    t = torch.from_numpy(np.array(x, copy=True)).to(device).permute(0, 3, 1, 2).float()
+    if x.dtype == np.uint8:
+        t.div_(255.0)
+    if standardize:
+        flat = t.reshape(t.shape[0], -1)
+        mean = flat.mean(1, keepdim=True)
+        std = flat.std(1, unbiased=False, keepdim=True).clamp_min(1.0 / math.sqrt(flat.shape[1]))
+        t = ((flat - mean) / std).reshape(t.shape)
+    return t
+
+
+class BatchStream:
+    """Rank ``rank``'s shard of every global batch, in keyed order.
+
+    ``batch(epoch, i)`` is a pure function of (seed, epoch, i, rank, size), so resume
+    and any rank count see the same global samples.
+    """
+
+    def __init__(self, split: Split, seed: int, batch_size: int, rank: int, size: int,
+                 augment: bool, dataset: str, per_rank_data: bool = True):
+        self.split, self.seed, self.batch_size = split, seed, batch_size
+        self.rank, self.size = rank, size
+        self.per_rank_data = per_rank_data
+        self.augment = augment
+        # official pipeline: MNIST-like pad 3 + crop + brightness ±0.5; CIFAR pad 4 + crop + flip
+        self.pad = 4 if dataset == "cifar10" else 3
+        self.flip = dataset == "cifar10"
+        self.brightness = 0.0 if dataset == "cifar10" else 0.5
+        self.steps_per_epoch = len(split.y) // batch_size
+        self._order_epoch, self._order = -1, None
+
+    def batch(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._order_epoch != epoch:
+            self._order = epoch_order(self.seed, epoch, len(self.split.y))
+            self._order_epoch = epoch
+        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        x = self.split.x[idx]
+        if self.augment:
+            x = apply_augmentation(x, augment_params(self.seed, epoch, i, len(idx), self.pad,
+                                                     self.flip, self.brightness), self.pad)
+        y = self.split.y[idx]
+        if self.per_rank_data:
+            sl = shard(np.arange(len(idx)), self.rank, self.size)
+            x, y = x[sl], y[sl]
+        return x, y

@@ -1,0 +1,47 @@
+"""``rbd-hpc inspect``: what a run file holds and what it costs on disk."""
+from __future__ import annotations
+
+import json
+
+from .runlog import RunFile
+
+
+def describe(path: str) -> tuple[str, dict]:
+    with RunFile(path) as run:
+        cfg = json.loads(run.config_json)
+        D = int(run.layout["offsets"][-1])
+        size = run.size_on_disk()
+        n_coef = int(run.attrs["n_coefficients"])
+        coef = run.f["steps"].get("coefficients")
+        coef_bytes = coef.id.get_storage_size() if coef is not None else 0
+        snaps = [int(s) for s in run.snapshot_steps()]
+        metrics = run.metrics()
+        per_step = coef_bytes / run.committed if run.committed else 0.0
+        info = {
+            "file": str(run.path), "format_version": run.version,
+            "method": str(run.attrs["method"]), "mode": str(run.attrs["mode"]),
+            "world_size": int(run.attrs["world_size"]), "device_type": str(run.attrs["device_type"]),
+            "package_version": str(run.attrs["package_version"]),
+            "torch_version": str(run.attrs["torch_version"]),
+            "parameters": D, "coefficients_per_step": n_coef, "committed_steps": run.committed,
+            "size_on_disk": size, "coefficient_bytes_per_step": per_step,
+            "full_checkpoint_bytes": 4 * D, "snapshots": snaps, "replayable": run.replayable,
+            "final_metrics": metrics[-1] if metrics else None, "config": cfg,
+        }
+    final = info["final_metrics"]
+    lines = [
+        f"run file      {info['file']} (format {info['format_version']}, rbd-hpc "
+        f"{info['package_version']}, torch {info['torch_version']})",
+        f"method        {info['method']} ({info['mode']} mode, {info['world_size']} rank(s), "
+        f"{info['device_type']}), {cfg['model']}-{cfg['dataset']}, seed {cfg['seed']}",
+        f"parameters    D = {D:,}; {n_coef} coefficients per step",
+        f"committed     {run.committed} steps",
+        f"size on disk  {size:,} bytes",
+        f"per step      {per_step:,.0f} bytes stored vs {4 * D:,} for a full checkpoint "
+        f"({per_step / (4 * D):.2%})" if run.committed and n_coef else
+        f"per step      no coefficients (not replayable); full checkpoint {4 * D:,} bytes",
+        f"snapshots     {len(snaps)} at steps {snaps if len(snaps) <= 12 else snaps[:6] + ['…'] + snaps[-3:]}",
+        "final metrics " + (", ".join(f"{k} {v:.4g}" for k, v in final.items()) if final else "none yet"),
+        "config        " + json.dumps(cfg, sort_keys=True),
+    ]
+    return "\n".join(lines), info

@@ -1,0 +1,98 @@
+"""Random Bases Descent (Gressmann et al. 2020, Eq. 3–4): directions redrawn every step.
+
+Pure torch: no files, no mpi4py. The communicator is passed in.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..bases import Basis
+from ..compartments import Compartment
+from .update import apply_step, step_chunks
+
+MODES = ("shared", "per-rank")
+
+
+@dataclasses.dataclass
+class StepResult:
+    coefficients: torch.Tensor  # float32, the values applied (after the allreduce)
+
+
+class RandomBasesDescent:
+    """θ ← θ − η Σ_i <φ_i, g> φ_i with fresh directions every ``redraw_every`` steps.
+
+    Modes (DESIGN.md "Two parallel modes"):
+      shared   — every rank uses the same d directions on its own data shard; the
+                 coordinates are averaged across ranks (d floats per step).
+      per-rank — rank r owns direction indices [r·d_k, (r+1)·d_k) of compartment k;
+                 all R·d coordinates are gathered and every rank applies them all.
+    """
+
+    name = "rbd"
+    replayable = True
+
+    def __init__(self, compartments: list[Compartment], basis: Basis, comm,
+                 mode: str = "shared", chunk_size: int = 50, redraw_every: int = 1,
+                 world_size: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} not in {MODES}")
+        self.compartments = compartments
+        self.basis = basis
+        self.comm = comm
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self.redraw_every = redraw_every
+        # per-rank mode: R·d_k directions per compartment (R from the run file on replay)
+        self.ranks = (world_size or comm.size) if mode == "per-rank" else 1
+        self.directions_per_compartment = [c.d * self.ranks for c in compartments]
+        self.n_coefficients = sum(self.directions_per_compartment)
+
+    def key_step(self, step: int) -> int:
+        return step // self.redraw_every
+
+    def _chunks(self, step: int):
+        return step_chunks(self.basis, self.compartments, self.key_step(step),
+                           self.directions_per_compartment, self.chunk_size)
+
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float) -> StepResult:
+        if self.mode == "shared":
+            def coefficients_for(comp, chunk):
+                # the only per-step traffic: this chunk's coordinates, averaged over ranks
+                return self.comm.allreduce_mean(chunk.project(grad[comp.start:comp.stop]))
+            return StepResult(apply_step(theta, self._chunks(step), lr, coefficients_for))
+        gathered = self._per_rank_coefficients(grad, step)
+        return StepResult(self.replay_step(theta, step, lr, gathered))
+
+    def _per_rank_coefficients(self, grad: torch.Tensor, step: int) -> torch.Tensor:
+        """Project onto this rank's directions, gather all ranks' into direction order."""
+        r = self.comm.rank
+        own = []
+        for comp in self.compartments:
+            mine = range(r * comp.d, (r + 1) * comp.d)
+            g = grad[comp.start:comp.stop]
+            for chunk in self.basis.chunks(self.key_step(step), comp.index, comp.size, mine,
+                                           self.chunk_size):
+                own.append(chunk.project(g))
+        table = self.comm.allgather(torch.cat(own).to(torch.float32))  # (R, Σ d_k)
+        parts, offset = [], 0
+        for comp in self.compartments:
+            parts.append(table[:, offset:offset + comp.d].reshape(-1))  # rank-major = index order
+            offset += comp.d
+        return torch.cat(parts)
+
+    def replay_step(self, theta: torch.Tensor, step: int, lr: float,
+                    coefficients: torch.Tensor) -> torch.Tensor:
+        """Apply logged coefficients (no data needed): the same update as training."""
+        cursor = [0]
+
+        def coefficients_for(comp, chunk):
+            lo = cursor[0]
+            cursor[0] += len(chunk.indices)
+            return coefficients[lo:cursor[0]]
+        applied = apply_step(theta, self._chunks(step), lr, coefficients_for)
+        if cursor[0] != coefficients.numel():
+            raise ValueError(f"step {step}: {coefficients.numel()} coefficients logged, "
+                             f"{cursor[0]} directions")
+        return applied

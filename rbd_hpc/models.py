@@ -1,0 +1,168 @@
+"""Networks of the paper (DESIGN.md) and ResNets for CIFAR-10. Imports only torch.
+
+FC and CNN follow the official Keras code: Glorot-uniform kernels, zero biases.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+MODELS = ("fc", "cnn", "resnet8", "resnet20")
+
+
+class FC(nn.Module):
+    """Flatten → Dense(128, relu) → Dense(10)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], classes: int = 10):
+        super().__init__()
+        c, h, w = in_shape
+        self.fc1 = nn.Linear(c * h * w, 128)
+        self.fc2 = nn.Linear(128, classes)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class CNN(nn.Module):
+    """Conv(32)→Pool→Conv(64)→Pool→Conv(64)→Flatten→Dense(64)→Dense(10), 3×3 valid convs."""
+
+    def __init__(self, in_shape: tuple[int, int, int], classes: int = 10):
+        super().__init__()
+        c, h, w = in_shape
+        self.conv1 = nn.Conv2d(c, 32, 3)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.conv3 = nn.Conv2d(64, 64, 3)
+        side = ((h - 2) // 2 - 2) // 2 - 2
+        self.fc1 = nn.Linear(64 * side * side, 64)
+        self.fc2 = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.conv3(x))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(cout)
+        # Keras resnet_v1: a 1×1 projection (with bias, no BN) when the shape changes
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride) if (stride != 1 or cin != cout) else None
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = x if self.shortcut is None else self.shortcut(x)
+        return torch.relu(y + s)
+
+
+class ResNet(nn.Module):
+    """ResNet v1 for 32×32 inputs (He et al. 2016, §4.2): depth 6n+2, widths 16/32/64.
+
+    Laid out like the Keras ``resnet_v1`` example the paper's code builds on (conv biases,
+    BN after every 3×3 conv, 1×1 projection shortcuts without BN). ResNet-8 (n=1) has
+    78,186 trainable parameters; the paper reports 78,330 — 144 more, which no standard
+    variant we know of reproduces exactly (dropping conv biases and adding shortcut BN
+    gives 78,042). BatchNorm running statistics are buffers, not part of θ.
+    """
+
+    def __init__(self, n: int, in_shape: tuple[int, int, int], classes: int = 10):
+        super().__init__()
+        c = in_shape[0]
+        self.conv = nn.Conv2d(c, 16, 3, 1, 1)
+        self.bn = nn.BatchNorm2d(16)
+        blocks, cin = [], 16
+        for stage, cout in enumerate((16, 32, 64)):
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(ResidualBlock(cin, cout, stride))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.blocks(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def keras_init_(model: nn.Module, generator: torch.Generator) -> None:
+    """Glorot-uniform kernels and zero biases (Keras defaults); BN: γ=1, β=0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight, generator=generator)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_model(name: str, in_shape: tuple[int, int, int], generator: torch.Generator,
+                classes: int = 10) -> nn.Module:
+    if name == "fc":
+        model = FC(in_shape, classes)
+    elif name == "cnn":
+        model = CNN(in_shape, classes)
+    elif name in ("resnet8", "resnet20"):
+        if in_shape[1] < 8:
+            raise UserError(f"model {name} needs images of at least 8×8, got {in_shape}")
+        model = ResNet(1 if name == "resnet8" else 3, in_shape, classes)
+    else:
+        raise UserError(f"--model {name!r} is not valid; choose one of: " + ", ".join(MODELS))
+    keras_init_(model, generator)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class FlatParameters:
+    """All parameters as views into one flat float32 vector θ (the method's view of the net).
+
+    ``theta`` is the single source of truth: updating it in place updates the model.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.params = [(n, p) for n, p in model.named_parameters()]
+        self.names = [n for n, _ in self.params]
+        self.shapes = [tuple(p.shape) for _, p in self.params]
+        self.sizes = [p.numel() for _, p in self.params]
+        self.offsets = [0]
+        for s in self.sizes:
+            self.offsets.append(self.offsets[-1] + s)
+        first = self.params[0][1]
+        self.theta = torch.empty(self.offsets[-1], dtype=first.dtype, device=first.device)
+        with torch.no_grad():
+            for (_, p), lo, hi in zip(self.params, self.offsets, self.offsets[1:]):
+                self.theta[lo:hi] = p.reshape(-1)
+                p.data = self.theta[lo:hi].view(p.shape)
+
+    @property
+    def dim(self) -> int:
+        return self.theta.numel()
+
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient (zeros where a parameter got none)."""
+        parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p.reshape(-1))
+                 for _, p in self.params]
+        return torch.cat(parts)
+
+    def zero_grad(self) -> None:
+        for _, p in self.params:
+            p.grad = None
+
+    def named_sizes(self) -> list[tuple[str, int]]:
+        return list(zip(self.names, self.sizes))
+
+    def as_dict(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        t = self.theta if theta is None else theta
+        return {n: t[lo:hi].view(shape) for n, lo, hi, shape
+                in zip(self.names, self.offsets, self.offsets[1:], self.shapes)}

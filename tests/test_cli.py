@@ -1,0 +1,100 @@
+"""The command line: bad input is one line and exit 2; a tiny run end to end."""
+import json
+import os
+
+import h5py
+import pytest
+
+from conftest import make_idx_dir, run_cli
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("rbd-hpc: error: ")
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--preset", "vgg-imagenet"], ["--preset 'vgg-imagenet'", "fc-fmnist"]),
+    (["--method", "adam"], ["--method 'adam'", "rbd, fpd, sgd"]),
+    (["--dist", "bernoulli"], ["--dist 'bernoulli'", "gaussian, rademacher, uniform, srht"]),
+    (["--d", "0"], ["--d 0 must be a positive"]),
+    (["--d", "-5"], ["--d -5"]),
+    (["--d", "200000"], ["--d 200000 exceeds the number of parameters (101770)"]),
+    (["--d-per-compartment", "2000", "--compartments", "layer"], ["larger than compartment 'fc2'"]),
+    (["--compartments", "rows"], ["--compartments 'rows'", "network, layer, block:N"]),
+    (["--mode", "both"], ["--mode 'both'", "shared, per-rank"]),
+    (["--d", "ten"], ["invalid integer 'ten'"]),
+    (["--lr", "-1"], ["--lr -1.0 must be a positive"]),
+    (["--epochs", "0"], ["--epochs 0 must be a positive"]),
+    (["--bogus"], ["unrecognized arguments: --bogus"]),
+    (["--device", "cuda"], ["no CUDA device"]),
+])
+def test_bad_train_arguments(args, fragments, idx_dir):
+    assert_user_error(run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1", *args), *fragments)
+
+
+def test_missing_data(tmp_path):
+    proc = run_cli("train", "--data-dir", tmp_path / "nowhere", "--steps", "1")
+    assert_user_error(proc, "data directory", "nowhere", "does not exist")
+    d = make_idx_dir(tmp_path / "partial", n_train=20, n_test=5)
+    os.remove(d / "train-labels-idx1-ubyte.gz")
+    assert_user_error(run_cli("train", "--data-dir", d, "--steps", "1"),
+                      "missing data file train-labels-idx1-ubyte", str(d))
+
+
+def test_cifar_preset_without_data_dir(monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k != "RBD_DATA"}
+    proc = run_cli("train", "--preset", "cnn-cifar10", "--steps", "1", env={"RBD_DATA": ""})
+    assert_user_error(proc, "no default location", "--data-dir")
+
+
+def test_unwritable_output_keeps_nothing_half_written(tmp_path, idx_dir):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions: use a missing directory
+            target = tmp_path / "missing" / "run.h5"
+            assert_user_error(run_cli("train", "--data-dir", idx_dir, "--steps", "1", "--out", target),
+                              "output directory", "does not exist")
+        else:
+            assert_user_error(run_cli("train", "--data-dir", idx_dir, "--steps", "1", "--out",
+                                      locked / "run.h5"), "not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_tiny_run_end_to_end(tmp_path, idx_dir):
+    out, metrics = tmp_path / "run.h5", tmp_path / "m.jsonl"
+    proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2", "--d", "20",
+                   "--batch-size", "32", "--out", out, "--metrics", metrics, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout.strip().splitlines()
+    assert len(summary) == 1 and "test_acc" in summary[0]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"val_loss", "val_acc", "test_loss", "test_acc", "ms_per_step", "cos_grad",
+            "bytes_per_step"} <= set(rows[0])
+    assert rows[-1]["bytes_per_step"] == 4 * 20  # d floats per step, single process
+    assert 0 < rows[-1]["cos_grad"] < 1
+    with h5py.File(out, "r") as f:
+        assert f["steps/coefficients"].shape == (36, 20)
+        assert int(f["commit"][0]) == 36
+
+
+def test_bench_prints_ratios():
+    proc = run_cli("bench", "--model", "fc", "--d", "20", "--steps", "3", "--dist", "gaussian,srht")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    names = [line.split()[0] for line in lines[2:]]
+    assert names == ["sgd", "rbd-gaussian", "rbd-srht", "rbd-reference"]
+    assert float(lines[2].split()[-1]) == 1.0
+
+
+def test_bench_bad_dist():
+    assert_user_error(run_cli("bench", "--dist", "normal"), "--dist 'normal'")
