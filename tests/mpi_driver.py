@@ -1,0 +1,42 @@
+"""Run under mpiexec by test_mpi.py: scenarios that need a real multi-rank job."""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from rbd_hpc.comm import MPIComm, install_abort_handler
+from rbd_hpc.errors import UserError
+from rbd_hpc.train import check_divergence
+
+
+def crash():
+    """Rank 1 raises while rank 0 waits in a collective: the job must end, not hang."""
+    comm = MPIComm()
+    install_abort_handler(comm)
+    if comm.rank == 1:
+        time.sleep(0.5)
+        raise RuntimeError("rank 1 failed on purpose")
+    comm.allgather(torch.zeros(4))  # would block forever without the abort handler
+    time.sleep(60)
+
+
+def diverge():
+    """The divergence check names the rank whose θ differs."""
+    comm = MPIComm()
+    theta = torch.arange(10, dtype=torch.float32)
+    check_divergence(theta, comm, 1)  # identical: passes
+    if comm.rank == comm.size - 1:
+        theta[3] = torch.nextafter(theta[3], torch.tensor(100.0))  # one ulp
+    try:
+        check_divergence(theta, comm, 2)
+    except UserError as e:
+        if comm.rank == 0:
+            print("caught:", e, flush=True)
+        return
+    raise SystemExit("divergence not detected")
+
+
+if __name__ == "__main__":
+    {"crash": crash, "diverge": diverge}[sys.argv[1]]()

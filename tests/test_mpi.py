@@ -1,0 +1,127 @@
+"""Real MPI (mpich wheel): invariants at 1, 2 and 4 ranks (oversubscribed on 2 cores)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_cli, venv_bin
+
+pytestmark = pytest.mark.timeout(300)
+DRIVER = Path(__file__).with_name("mpi_driver.py")
+TINY = ["--val-size", "64", "--batch-size", "32", "--d", "20", "--threads", "1", "--no-progress"]
+
+
+def mpiexec(n: int, *args, env=None, timeout=240) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    cmd = [venv_bin("mpiexec"), "-n", str(n), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def train_mpi(n: int, out: Path, idx_dir, *extra) -> dict:
+    metrics = out.with_suffix(".jsonl")
+    proc = mpiexec(n, venv_bin("rbd-hpc"), "train", "--data-dir", idx_dir, *TINY, "--out", out,
+                   "--metrics", metrics, *extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(metrics.read_text().splitlines()[-1])
+
+
+def final_theta(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["snapshots/theta"][int(f["commit"][1]) - 1]
+
+
+def coefficients(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["steps/coefficients"][:int(f["commit"][0])]
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+@pytest.mark.parametrize("mode", ["shared", "per-rank"])
+def test_theta_bitwise_identical_on_every_rank_after_every_step(ranks, mode, idx_dir, tmp_path):
+    # --check-every 1 hashes θ on every rank after every step and fails on any difference
+    last = train_mpi(ranks, tmp_path / "run.h5", idx_dir, "--steps", "12", "--mode", mode,
+                     "--check-every", "1")
+    assert last["step"] == 12
+
+
+def test_shared_mode_two_ranks_match_one_rank(idx_dir, tmp_path):
+    one = tmp_path / "one.h5"
+    two = tmp_path / "two.h5"
+    train_mpi(1, one, idx_dir, "--steps", "15")
+    train_mpi(2, two, idx_dir, "--steps", "15")
+    # same global batch, same directions: equal up to float32 summation order
+    np.testing.assert_allclose(coefficients(two), coefficients(one), rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(final_theta(two), final_theta(one), rtol=0, atol=1e-5)
+    assert not np.array_equal(final_theta(one), np.zeros_like(final_theta(one)))
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_per_rank_bases_equal_single_process_with_r_times_d(ranks, idx_dir, tmp_path):
+    per_rank = tmp_path / "pr.h5"
+    single = tmp_path / "single.h5"
+    train_mpi(ranks, per_rank, idx_dir, "--steps", "10", "--mode", "per-rank", "--d", "10")
+    train_mpi(1, single, idx_dir, "--steps", "10", "--d", str(10 * ranks))
+    c_pr, c_single = coefficients(per_rank), coefficients(single)
+    assert c_pr.shape == c_single.shape == (10, 10 * ranks)
+    np.testing.assert_allclose(c_pr, c_single, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(final_theta(per_rank), final_theta(single), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_bytes_per_step_are_exactly_4d_in_shared_mode(ranks, idx_dir, tmp_path):
+    last = train_mpi(ranks, tmp_path / "run.h5", idx_dir, "--steps", "8", "--d", "250")
+    assert last["bytes_per_step"] == 1000
+
+
+def test_per_rank_mode_sends_own_d_floats(idx_dir, tmp_path):
+    last = train_mpi(2, tmp_path / "run.h5", idx_dir, "--steps", "8", "--mode", "per-rank", "--d", "25")
+    assert last["bytes_per_step"] == 100  # each rank hands its own 25 coefficients to MPI
+
+
+def test_only_rank_zero_writes(idx_dir, tmp_path):
+    out = tmp_path / "run.h5"
+    train_mpi(2, out, idx_dir, "--steps", "4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.h5", "run.jsonl"]
+    with h5py.File(out, "r") as f:
+        assert int(f.attrs["world_size"]) == 2
+
+
+def test_a_failing_rank_ends_the_job_without_hanging():
+    t0 = time.monotonic()
+    proc = mpiexec(2, sys.executable, DRIVER, "crash", timeout=60)
+    assert proc.returncode != 0
+    assert "rank 1 failed on purpose" in proc.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_user_error_on_one_rank_ends_the_job_with_one_line(idx_dir, tmp_path):
+    # MPMD launch: rank 1 cannot see the data directory (as on a node without the mount)
+    cmd = [venv_bin("rbd-hpc"), "train", *TINY, "--steps", "4"]
+    proc = subprocess.run([venv_bin("mpiexec"), "-n", "1", "-env", "RBD_DATA", str(idx_dir), *cmd, ":",
+                           "-n", "1", "-env", "RBD_DATA", str(tmp_path / "absent"), *cmd],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "rbd-hpc: error: [rank 1] data directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_divergence_check_names_the_rank():
+    proc = mpiexec(3, sys.executable, DRIVER, "diverge", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "ranks diverged after step 2: θ on rank(s) [2] differs" in proc.stdout
+
+
+def test_world_size_must_match_slurm_ntasks(idx_dir):
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "1",
+                   env={"SLURM_NTASKS": "4", "SLURM_STEP_ID": "0"})
+    assert proc.returncode == 2
+    assert "MPI world size 1 does not match SLURM_NTASKS=4" in proc.stderr

@@ -1,0 +1,225 @@
+"""The HDF5 run file: replay, verify, resume, integrity, and SIGKILL at random moments."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_cli, venv_bin
+from rbd_hpc.runlog import RunFile, crc32
+
+pytestmark = pytest.mark.timeout(600)
+TINY = ["--val-size", "64", "--batch-size", "32", "--threads", "1", "--no-progress"]
+
+
+def train(idx_dir, out, *extra, check=True):
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--out", out, *extra)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def final_theta(path) -> np.ndarray:
+    with RunFile(path) as run:
+        return run.snapshot(run.n_snapshots - 1)[1]
+
+
+@pytest.fixture(scope="module")
+def rbd_run(idx_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "rbd.h5"
+    train(idx_dir, out, "--steps", "45", "--d", "24", "--snapshot-every", "10",
+          "--compartments", "layer")
+    return out
+
+
+def test_replay_reproduces_final_weights_bitwise(rbd_run, tmp_path):
+    proc = run_cli("replay", rbd_run, "--verify", "--out", tmp_path / "w.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert "verify: OK over 45 steps, 6 snapshots, max |diff| 0" in proc.stdout
+    weights = np.load(tmp_path / "w.npz")
+    assert sorted(weights.files) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    assert weights["fc1.weight"].shape == (128, 784)
+    flat = np.concatenate([weights[n].reshape(-1) for n in ("fc1.weight", "fc1.bias", "fc2.weight",
+                                                            "fc2.bias")])
+    assert np.array_equal(flat, final_theta(rbd_run))
+
+
+def test_replay_to_a_step_matches_the_snapshot_and_pt_output(rbd_run, tmp_path):
+    import torch
+
+    proc = run_cli("replay", rbd_run, "--step", "30", "--out", tmp_path / "w.pt")
+    assert proc.returncode == 0, proc.stderr
+    state = torch.load(tmp_path / "w.pt")
+    with RunFile(rbd_run) as run:
+        i = list(run.snapshot_steps()).index(30)
+        assert np.array_equal(torch.cat([state[n].reshape(-1) for n in run.layout["names"]]).numpy(),
+                              run.snapshot(i)[1])
+
+
+def test_two_rank_run_replays_bitwise(idx_dir, tmp_path):
+    out = tmp_path / "two.h5"
+    proc = subprocess.run([venv_bin("mpiexec"), "-n", "2", venv_bin("rbd-hpc"), "train", "--data-dir",
+                           str(idx_dir), *TINY, "--out", str(out), "--steps", "20", "--d", "16",
+                           "--mode", "per-rank", "--snapshot-every", "7"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("replay", out, "--verify")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verify: OK over 20 steps" in proc.stdout
+
+
+def test_inspect(rbd_run):
+    proc = run_cli("inspect", rbd_run)
+    assert proc.returncode == 0, proc.stderr
+    assert "committed     45 steps" in proc.stdout
+    assert "vs 407,080 for a full checkpoint" in proc.stdout
+    assert "snapshots     6 at steps [0, 10, 20, 30, 40, 45]" in proc.stdout
+    assert "test_acc" in proc.stdout
+
+
+def copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def test_a_changed_coefficient_is_caught(rbd_run, tmp_path):
+    bad = copy(rbd_run, tmp_path / "bad.h5")
+    with h5py.File(bad, "r+") as f:
+        f["steps/coefficients"][17, 3] += 1e-3
+    proc = run_cli("replay", bad, "--verify")
+    assert proc.returncode == 2
+    assert "coefficients of step 17 fail their checksum" in proc.stderr
+    # a forger who also fixes the checksum is caught by the snapshots
+    with h5py.File(bad, "r+") as f:
+        f["steps/crc32"][17] = crc32(f["steps/coefficients"][17])
+    proc = run_cli("replay", bad, "--verify")
+    assert proc.returncode == 1
+    assert "step 10: bitwise equal" in proc.stdout and "step 20: MISMATCH" in proc.stdout
+
+
+def test_a_changed_theta0_value_is_caught(rbd_run, tmp_path):
+    bad = copy(rbd_run, tmp_path / "bad.h5")
+    with h5py.File(bad, "r+") as f:
+        f["theta0"][5] += 1e-4
+    proc = run_cli("replay", bad, "--verify")
+    assert proc.returncode == 2 and "theta0 fails its checksum" in proc.stderr
+    with h5py.File(bad, "r+") as f:
+        f["theta0"].attrs["crc32"] = crc32(f["theta0"][:])
+    proc = run_cli("replay", bad, "--verify")
+    assert proc.returncode == 1 and "step 0: MISMATCH" in proc.stdout
+
+
+def one_line_error(proc, fragment):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_run_files(rbd_run, tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5")
+    for cmd in ("replay", "inspect"):
+        one_line_error(run_cli(cmd, text), "is not an HDF5 file")
+    one_line_error(run_cli("inspect", tmp_path / "absent.h5"), "does not exist")
+    truncated = tmp_path / "trunc.h5"
+    truncated.write_bytes(rbd_run.read_bytes()[: rbd_run.stat().st_size // 3])
+    proc = run_cli("replay", truncated, "--verify")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    newer = copy(rbd_run, tmp_path / "newer.h5")
+    with h5py.File(newer, "r+") as f:
+        f.attrs["format_version"] = 99
+    one_line_error(run_cli("inspect", newer), "format version 99")
+    one_line_error(run_cli("replay", rbd_run, "--step", "46"), "beyond the last committed step (45)")
+
+
+def test_sgd_runs_are_not_replayable_but_resumable(idx_dir, tmp_path):
+    out = tmp_path / "sgd.h5"
+    train(idx_dir, out, "--method", "sgd", "--steps", "10")
+    one_line_error(run_cli("replay", out), "cannot be replayed")
+
+
+def test_resume_with_a_different_config_is_refused(rbd_run, tmp_path):
+    run = copy(rbd_run, tmp_path / "r.h5")
+    proc = run_cli("train", "--resume", run, "--d", "30", "--lr", "0.1", "--no-progress")
+    one_line_error(proc, "config differs from the run file in d, lr")
+
+
+def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):
+    ref = tmp_path / "ref.h5"
+    out = tmp_path / "pre.h5"
+    cmd = [venv_bin("rbd-hpc"), "train", "--data-dir", str(idx_dir), *TINY, "--out", str(out),
+           "--steps", "60", "--d", "100", "--method", "sgd", "--momentum", "0.9",
+           "--snapshot-every", "25", "--lr", "0.25"]
+    train(idx_dir, ref, "--steps", "60", "--d", "100", "--method", "sgd", "--momentum", "0.9",
+          "--snapshot-every", "25", "--lr", "0.25")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_commits(out, 5)
+    proc.send_signal(signal.SIGUSR1)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    assert "preempted after step" in stdout
+    with RunFile(out) as run:
+        assert 0 < run.committed < 60
+        assert run.snapshot_steps()[-1] == run.committed  # the stop wrote a full snapshot
+    train(idx_dir, out, "--resume", out)
+    assert np.array_equal(final_theta(out), final_theta(ref))
+
+
+def wait_for_commits(path: Path, n: int, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.exists():
+            try:
+                with h5py.File(path, "r", swmr=True) as f:
+                    if int(f["commit"][0]) >= n:
+                        return
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {n} commits")
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise(idx_dir, tmp_path):
+    args = ["--steps", "90", "--d", "120", "--snapshot-every", "20", "--compartments", "layer"]
+    ref = tmp_path / "ref.h5"
+    train(idx_dir, ref, *args)
+    expected = final_theta(ref)
+    rng = random.Random(1234)
+    out = tmp_path / "killed.h5"
+    cmd = [venv_bin("rbd-hpc"), "train", "--data-dir", str(idx_dir), *TINY, "--out", str(out), *args]
+    kills = 0
+    for attempt in range(12):
+        out.unlink(missing_ok=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_commits(out, 1)
+        time.sleep(rng.uniform(0.0, 3.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        with RunFile(out) as run:  # the file opens and its committed rows are readable
+            committed = run.committed
+            assert 0 <= committed <= 90
+            run.steps()
+        assert run_cli("inspect", out).returncode == 0
+        if attempt % 4 == 3:  # also kill a resume part-way, then resume again
+            resume = subprocess.Popen([venv_bin("rbd-hpc"), "train", "--resume", str(out),
+                                       "--no-progress"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(1.0, 3.0))
+            resume.send_signal(signal.SIGKILL)
+            resume.wait()
+            assert run_cli("inspect", out).returncode == 0
+        proc = run_cli("train", "--resume", out, "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+        assert np.array_equal(final_theta(out), expected), f"attempt {attempt}, committed {committed}"
+        assert run_cli("replay", out, "--verify").returncode == 0
+    assert kills >= 10
