@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
     t.add_argument("--no-progress", dest="progress", action="store_false")
+    t.add_argument("--config-json", help="the full config as JSON (as stored in a run file); "
+                   "other options override it")
+
+    m = sub.add_parser("mpi-check", help="print this rank and the world size; fail if the world "
+                       "is smaller than the Slurm step promises")
+    m.add_argument("--expect", type=_int, help="also fail unless the world has exactly N ranks")
 
     r = sub.add_parser("replay", help="regenerate a run's weights from its seed log, without data")
     r.add_argument("run")
@@ -126,6 +132,14 @@ def cmd_train(args, comm) -> int:
         stored.update({k: v for k, v in overrides.items() if k in free})
         cfg = TrainConfig(**stored)
         out = args.resume
+    elif args.config_json:
+        try:
+            fields = json.loads(args.config_json)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config-json is not valid JSON: {e}") from None
+        fields.update(overrides)
+        cfg = TrainConfig(**fields)
+        out = args.out
     else:
         cfg = TrainConfig.from_preset(args.preset or "fc-fmnist", **overrides)
         out = args.out
@@ -220,6 +234,14 @@ def main(argv=None) -> int:
             comm = create_communicator()
             install_abort_handler(comm)
             return cmd_train(args, comm)
+        if args.command == "mpi-check":
+            from .comm import create_communicator
+
+            comm = create_communicator()
+            if args.expect is not None and comm.size != args.expect:
+                raise UserError(f"MPI world size {comm.size}, expected {args.expect}")
+            print(f"rank {comm.rank} of {comm.size}", flush=True)
+            return 0
         if args.command == "replay":
             return cmd_replay(args)
         if args.command == "inspect":

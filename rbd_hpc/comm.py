@@ -132,19 +132,28 @@ def launched_by_mpi() -> bool:
                                   "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD", "PMI_FD"))
 
 
+def expected_world_size() -> int | None:
+    """Ranks a Slurm job step promises (None outside a step, e.g. in the batch script)."""
+    env = os.environ
+    if "SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env:
+        return None
+    for key in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+        if env.get(key, "").isdigit():
+            return int(env[key])
+    return None
+
+
 def create_communicator(require_mpi: bool = False):
     """MPIComm when launched under MPI (or asked for), else SingleProcess.
 
-    Under Slurm the world size must equal SLURM_NTASKS: a PMI mismatch that silently
-    starts N one-rank runs is an error, not N duplicate trainings.
+    Under Slurm the world must hold at least the step's tasks: srun without a working PMI
+    starts N separate one-rank runs, which would silently train N copies. (mpiexec inside an
+    allocation starts its proxies as a smaller step, so a larger world is fine.)
     """
     comm = MPIComm() if (require_mpi or launched_by_mpi()) else SingleProcess()
-    ntasks = os.environ.get("SLURM_NTASKS")
-    in_step = "SLURM_STEP_ID" in os.environ or "SLURM_STEPID" in os.environ
-    if ntasks and in_step and ntasks.isdigit() and int(ntasks) != comm.size:
-        # only a launched step (srun) promises SLURM_NTASKS ranks; a batch script's own
-        # process is a single task and may legitimately start mpiexec itself
-        raise UserError(f"MPI world size {comm.size} does not match SLURM_NTASKS={ntasks}; "
+    expected = expected_world_size()
+    if expected is not None and comm.size < expected:
+        raise UserError(f"MPI world size {comm.size} does not match SLURM_NTASKS={expected}; "
                         "launch with 'srun --mpi=pmi2' (or mpiexec inside the allocation) so "
                         "all tasks join one MPI job")
     return comm

@@ -1,0 +1,69 @@
+# Sourced by the sbatch scripts in this folder: launch rbd-hpc over the job's tasks, resume
+# after a requeue, and turn a preemption signal into a committed run file plus a requeue.
+#
+# Inputs (environment; every one can be set at submission: sbatch --export=ALL,RBD_OUT=… …):
+#   RBD_PRESET    preset name                          (set by the calling script)
+#   RBD_OUT       the run file; if it exists, the job resumes it
+#   RBD_DATA      data directory (exported: rbd-hpc reads $RBD_DATA)
+#   RBD_ARGS      extra rbd-hpc train options, e.g. "--epochs 100 --d 500"
+#   RBD_BIN       the rbd-hpc executable            (default: $RBD_HOME/.venv/bin/rbd-hpc, else PATH)
+#   RBD_LAUNCHER  srun | mpiexec | auto              (default auto: srun --mpi=pmi2 if it forms
+#                 one MPI world, else mpiexec inside the allocation)
+#   RBD_SRUN_MPI  the srun --mpi plugin              (default pmi2; some sites need pmix)
+set -uo pipefail
+
+RBD_HOME="${RBD_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}"
+if [ -z "${RBD_BIN:-}" ]; then
+  if [ -x "$RBD_HOME/.venv/bin/rbd-hpc" ]; then RBD_BIN="$RBD_HOME/.venv/bin/rbd-hpc"; else RBD_BIN=rbd-hpc; fi
+fi
+BIN_DIR="$(dirname "$(command -v "$RBD_BIN")")"
+RBD_LAUNCHER="${RBD_LAUNCHER:-auto}"
+RBD_SRUN_MPI="${RBD_SRUN_MPI:-pmi2}"
+NTASKS="${SLURM_NTASKS:-1}"
+export RBD_DATA="${RBD_DATA:-}"
+[ -n "$RBD_DATA" ] || unset RBD_DATA
+mkdir -p "$(dirname "$RBD_OUT")"
+
+# srun --mpi=pmi2 needs an MPI whose PMI client speaks to Slurm; check once, cheaply
+if [ "$RBD_LAUNCHER" = auto ]; then
+  if srun --mpi="$RBD_SRUN_MPI" -n "$NTASKS" "$RBD_BIN" mpi-check --expect "$NTASKS" >/dev/null 2>&1; then
+    RBD_LAUNCHER=srun
+  else
+    RBD_LAUNCHER=mpiexec
+  fi
+fi
+case "$RBD_LAUNCHER" in
+  srun)    LAUNCH=(srun --mpi="$RBD_SRUN_MPI" -n "$NTASKS" --kill-on-bad-exit=1) ;;
+  mpiexec) MPIEXEC="$BIN_DIR/mpiexec"; [ -x "$MPIEXEC" ] || MPIEXEC=mpiexec
+           LAUNCH=("$MPIEXEC" -n "$NTASKS") ;;
+  *) echo "rbd-hpc: error: RBD_LAUNCHER=$RBD_LAUNCHER is not valid; use srun, mpiexec or auto" >&2; exit 2 ;;
+esac
+
+# shellcheck disable=SC2206  # RBD_ARGS is meant to be word-split
+EXTRA=(${RBD_ARGS:-})
+if [ -f "$RBD_OUT" ]; then
+  echo "rbd-hpc: resuming $RBD_OUT (job ${SLURM_JOB_ID:-local}, restart ${SLURM_RESTART_COUNT:-0})"
+  CMD=("$RBD_BIN" train --preset "$RBD_PRESET" "${EXTRA[@]}" --resume "$RBD_OUT" --no-progress)
+else
+  CMD=("$RBD_BIN" train --preset "$RBD_PRESET" "${EXTRA[@]}" --out "$RBD_OUT" --no-progress)
+fi
+echo "rbd-hpc: ${LAUNCH[*]} ${CMD[*]}"
+
+# Preemption: Slurm signals this shell (--signal=B:USR1@T); pass it to every rank, which
+# finishes its step, commits the run file and exits with code 3; then we requeue ourselves.
+forward() { [ -n "${PID:-}" ] && kill -USR1 "$PID" 2>/dev/null; }
+trap forward USR1 TERM
+"${LAUNCH[@]}" "${CMD[@]}" &
+PID=$!
+while true; do
+  wait "$PID"; RC=$?
+  # wait returns >128 when a trapped signal interrupts it while the step still runs
+  if [ "$RC" -gt 128 ] && kill -0 "$PID" 2>/dev/null; then continue; fi
+  break
+done
+if [ "$RC" -eq 3 ] || { [ "$RC" -ne 0 ] && [ -n "${RBD_PREEMPTED:-}" ]; }; then
+  echo "rbd-hpc: preempted; requeueing job ${SLURM_JOB_ID:-?}"
+  [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+exit "$RC"
