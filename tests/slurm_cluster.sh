@@ -25,6 +25,16 @@ start_munge() {
 
 write_conf() {
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+  # Like most sites' epilogs: remove the job user's MPI shared-memory segments. A step that
+  # was killed (requeue, preemption) leaves MPICH's /dev/shm/mpich_shm_* behind, and the
+  # requeued job's step has the same job and step id, so its MPI_Init would attach to the
+  # stale segment and fail.
+  cat > "$DIR/epilog.sh" <<'EPILOG'
+#!/bin/sh
+find /dev/shm -maxdepth 1 -name 'mpich_shm_*' -uid "${SLURM_JOB_UID:-0}" -delete 2>/dev/null
+exit 0
+EPILOG
+  chmod +x "$DIR/epilog.sh"
   cat > "$CONF" <<CONF
 ClusterName=rbdtest
 SlurmctldHost=$NODE
@@ -48,6 +58,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
+Epilog=$DIR/epilog.sh
 # requeued jobs may start again at once (the default holds them back)
 SchedulerParameters=nohold_on_prolog_fail
 KillWait=30
