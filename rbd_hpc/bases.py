@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from .errors import UserError
-from .seeds import Stream, derive_seeds, torch_generator
+from .seeds import Stream, derive_seeds, random_words
 
 DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht")
 NORMALIZATIONS = ("expected", "exact")
@@ -60,15 +62,37 @@ def fill_direction(dist: str, gen: torch.Generator, out: torch.Tensor) -> None:
         # U(−√3, √3): zero mean, unit variance
         out.uniform_(-_SQRT3, _SQRT3, generator=gen)
     elif dist == "rademacher":
-        # 32 random bits per draw, unpacked: 32× fewer generator calls than one per entry
+        # 32 random bits per generator draw, unpacked: ~10× cheaper than one draw per entry
         words = torch.empty((n + 31) // 32, dtype=torch.int64, device=out.device)
         words.random_(0, 2**32, generator=gen)
-        shifts = torch.arange(32, dtype=torch.int64, device=out.device)
-        bits = ((words.unsqueeze(1) >> shifts) & 1).reshape(-1)[:n]
-        torch.mul(bits, 2, out=out)  # {0, 2}
-        out.sub_(1.0)                # {−1, +1}, zero mean
+        if out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous():
+            # NumPy's unpackbits is far faster than torch's integer shifts on the CPU
+            bits = np.unpackbits(words.numpy().astype("<u4").view(np.uint8), bitorder="little")
+            o = out.numpy()
+            np.multiply(bits[:n], 2, out=o, casting="unsafe")
+            o -= 1                                   # {−1, +1}, zero mean
+        else:
+            shifts = torch.arange(32, dtype=torch.int64, device=out.device)
+            bits = ((words.unsqueeze(1) >> shifts) & 1).reshape(-1)[:n]
+            torch.mul(bits, 2, out=out)
+            out.sub_(1.0)
     else:  # pragma: no cover - validated by BasisConfig
         raise ValueError(dist)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rbd-gen")
+    return _POOLS[workers]
+
+
+def _generation_workers(device: torch.device, rows: int) -> int:
+    if device.type != "cpu" or rows < 2:
+        return 1  # on a GPU one generator call already fills the device
+    return max(1, min(torch.get_num_threads(), rows))
 
 
 class DenseChunk:
@@ -86,19 +110,36 @@ class DenseChunk:
         return c @ self.phi
 
 
-def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised fast Walsh–Hadamard transform along the last axis (Sylvester order)."""
+_HADAMARD: dict[tuple, torch.Tensor] = {}
+
+
+def hadamard(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Sylvester Hadamard matrix H_n (entries ±1), cached."""
+    key = (n, dtype, str(device))
+    if key not in _HADAMARD:
+        H = torch.ones((1, 1), dtype=dtype)
+        while H.shape[0] < n:
+            H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+        _HADAMARD[key] = H.to(device)
+    return _HADAMARD[key]
+
+
+def fwht(x: torch.Tensor, radix: int = 16) -> torch.Tensor:
+    """Unnormalised fast Walsh–Hadamard transform along the last axis (Sylvester order).
+
+    Radix-16 passes: each pass multiplies one 4-bit digit of the index by H_16 (a batched
+    matmul), so log16(n) passes instead of log2(n) — H_n is the Kronecker product of the
+    per-digit factors, which act on different index bits and therefore commute.
+    """
     n = x.shape[-1]
     if n & (n - 1):
         raise ValueError(f"fwht needs a power-of-two length, got {n}")
-    lead = x.shape[:-1]
     y = x
     h = 1
     while h < n:
-        y = y.reshape(*lead, n // (2 * h), 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        y = torch.stack((a + b, a - b), dim=-2)
-        h *= 2
+        r = min(radix, n // h)
+        y = torch.matmul(hadamard(r, x.dtype, x.device), y.reshape(-1, r, h))
+        h *= r
     return y.reshape(x.shape)
 
 
@@ -113,52 +154,72 @@ def power_of_two_blocks(size: int) -> list[tuple[int, int]]:
     return blocks
 
 
+_ROW_WORD = 2**31  # SRHT counters: index < 2**31 → sign bits, 2**31 + block → row map
+
+
 class SRHTChunk:
-    """Structured orthogonal directions from a subsampled randomized Hadamard transform.
+    """Structured orthogonal directions for K adjacent compartments of equal size S.
 
-    The compartment (size D_k) is split into power-of-two blocks B_b. Direction j is,
-    on block b, row ``rows_b[j]`` of the Hadamard matrix H_{n_b} times random signs s_b,
-    scaled by 1/√D_k — so ‖φ_j‖ = 1 exactly. Within a block the rows of distinct
-    directions are distinct while the block has at least as many rows as directions,
-    making the directions orthonormal up to the blocks smaller than the number of
-    directions: |<φ_a, φ_b>| ≤ Σ_{n_b < m} n_b / D_k < 2m / D_k. When D_k is a power
-    of two and m ≤ D_k they are exactly orthonormal.
+    Each compartment is split into power-of-two blocks B_b. Direction j of compartment k
+    is, on block b, row r_{k,b}(j) of the Hadamard matrix H_{n_b} times random signs s_k,
+    scaled by 1/√S — so ‖φ‖ = 1 exactly. The row map r(j) = ((j mod n_b) ⊕ β)·α mod n_b
+    (α odd, β random per step, compartment and block) is a bijection, so directions are
+    distinct rows while a block has at least as many rows as directions: the directions
+    are orthonormal up to the blocks smaller than the number of directions m,
+    |<φ_a, φ_b>| ≤ Σ_{n_b < m} n_b / S < 2m/S; exactly orthonormal when S is a power of
+    two ≥ m. Signs and row maps come from Philox counters (stream SRHT, step, compartment,
+    word), so a direction is a pure function of its key on every device.
 
-    project and combine cost O(D_k log D_k) for all directions at once.
+    project and combine cost O(S log S) per compartment for all its directions, batched
+    over the K compartments.
     """
 
-    def __init__(self, compartment: int, indices: range, size: int, signs: torch.Tensor,
-                 perms: list[torch.Tensor], sign_of_direction: torch.Tensor | None):
-        self.compartment = compartment
-        self.indices = indices
-        self.size = size
-        self.signs = signs
+    def __init__(self, first: int, count: int, size: int, indices: range, root_seed: int,
+                 key_step: int, antithetic: bool, device, dtype):
+        self.compartment, self.count, self.size, self.indices = first, count, size, indices
         self.blocks = power_of_two_blocks(size)
-        key_idx, _ = _key_and_sign(indices, sign_of_direction is not None)
-        self.rows = [perm[key_idx.to(perm.device) % n] for (_, n), perm in zip(self.blocks, perms)]
-        self.dir_sign = sign_of_direction
+        comps = np.arange(first, first + count)
+        words = (size + 127) // 128
+        bits = random_words(root_seed, Stream.SRHT, key_step, comps, np.arange(words))
+        signs = np.unpackbits(bits.view(np.uint8).reshape(count, -1), axis=1,
+                              bitorder="little")[:, :size]
+        self.signs = torch.from_numpy(signs.astype(np.float32) * 2 - 1).to(device, dtype)
+        rowkeys = random_words(root_seed, Stream.SRHT, key_step, comps,
+                               _ROW_WORD + np.arange(len(self.blocks))).astype(np.int64)
+        key_idx, self.dir_sign = _key_and_sign(indices, antithetic)
+        j = key_idx.numpy().astype(np.int64)
+        self.rows = []
+        for b, (_, n) in enumerate(self.blocks):
+            alpha = (rowkeys[:, b, 0] % n) | 1
+            beta = rowkeys[:, b, 1] % n
+            rows = (((j[None, :] % n) ^ beta[:, None]) * alpha[:, None]) % n
+            self.rows.append(torch.from_numpy(rows).to(device))
         self.scale = 1.0 / math.sqrt(size)
+        self.m = len(indices)
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
-        c = torch.zeros(len(self.indices), dtype=g.dtype, device=g.device)
+        """Coefficients, compartment-major: (K·m,)."""
+        X = g.reshape(self.count, self.size) * self.signs
+        c = torch.zeros((self.count, self.m), dtype=g.dtype, device=g.device)
         for (off, n), rows in zip(self.blocks, self.rows):
-            t = fwht(self.signs[off:off + n] * g[off:off + n])
-            c += t[rows]
+            c += torch.gather(fwht(X[:, off:off + n]), 1, rows)
         c *= self.scale
         if self.dir_sign is not None:
             c *= self.dir_sign.to(c.device)
-        return c
+        return c.reshape(-1)
 
     def combine(self, c: torch.Tensor) -> torch.Tensor:
+        c = c.reshape(self.count, self.m)
         if self.dir_sign is not None:
             c = c * self.dir_sign.to(c.device)
-        out = torch.empty(self.size, dtype=c.dtype, device=c.device)
+        out = torch.empty((self.count, self.size), dtype=c.dtype, device=c.device)
         for (off, n), rows in zip(self.blocks, self.rows):
-            z = torch.zeros(n, dtype=c.dtype, device=c.device)
-            z.index_add_(0, rows, c)
-            out[off:off + n] = self.signs[off:off + n] * fwht(z)
+            z = torch.zeros((self.count, n), dtype=c.dtype, device=c.device)
+            z.scatter_add_(1, rows, c)
+            out[:, off:off + n] = fwht(z)
+        out *= self.signs
         out *= self.scale
-        return out
+        return out.reshape(-1)
 
 
 class Basis:
@@ -172,13 +233,16 @@ class Basis:
         self.dtype = dtype
 
     def chunks(self, key_step: int, compartment: int, size: int, indices: range,
-               chunk_size: int) -> Iterator[DenseChunk | SRHTChunk]:
+               chunk_size: int, count: int = 1) -> Iterator[DenseChunk | SRHTChunk]:
+        """Chunks for ``indices`` of ``count`` adjacent compartments of ``size`` (count > 1
+        only for srht, whose one batched transform covers every direction at once)."""
         if len(indices) == 0:
             return
         if self.config.dist == "srht":
-            # one transform covers every direction: chunking would only repeat it
-            yield self.srht_chunk(key_step, compartment, size, indices)
+            yield self.srht_chunk(key_step, compartment, size, indices, count)
             return
+        if count != 1:
+            raise ValueError("dense chunks cover one compartment")
         for lo in range(indices.start, indices.stop, chunk_size):
             sub = range(lo, min(lo + chunk_size, indices.stop))
             yield DenseChunk(compartment, sub, self.dense(key_step, compartment, size, sub))
@@ -192,10 +256,21 @@ class Basis:
                              key_idx.numpy())
         phi = out if out is not None else torch.empty(
             (len(indices), size), dtype=self.dtype, device=self.device)
-        gen = torch.Generator(device=self.device)
-        for row, seed in enumerate(seeds):
-            gen.manual_seed(int(seed))
-            fill_direction(cfg.dist, gen, phi[row])
+
+        def fill(rows: range) -> None:
+            gen = torch.Generator(device=self.device)
+            for row in rows:
+                gen.manual_seed(int(seeds[row]))
+                fill_direction(cfg.dist, gen, phi[row])
+        # Rows are independent (one generator each), so threads fill disjoint rows and the
+        # result does not depend on the thread count. torch releases the GIL while it
+        # generates, so on a CPU this uses every core for the dominant cost.
+        workers = _generation_workers(self.device, len(indices))
+        if workers > 1:
+            bounds = [len(indices) * w // workers for w in range(workers + 1)]
+            list(_pool(workers).map(fill, [range(a, b) for a, b in zip(bounds, bounds[1:])]))
+        else:
+            fill(range(len(indices)))
         if cfg.normalize == "exact":
             phi /= phi.norm(dim=1, keepdim=True)
         else:
@@ -204,15 +279,10 @@ class Basis:
             phi *= sign.to(phi.device, phi.dtype).unsqueeze(1)
         return phi
 
-    def srht_chunk(self, key_step: int, compartment: int, size: int, indices: range) -> SRHTChunk:
-        seed = int(derive_seeds(self.root_seed, Stream.SRHT, key_step, compartment, [0])[0])
-        gen = torch_generator(seed, self.device)
-        signs = torch.empty(size, dtype=self.dtype, device=self.device)
-        fill_direction("rademacher", gen, signs)
-        perms = [torch.randperm(n, generator=gen, device=self.device)
-                 for _, n in power_of_two_blocks(size)]
-        _, dir_sign = _key_and_sign(indices, self.config.antithetic)
-        return SRHTChunk(compartment, indices, size, signs, perms, dir_sign)
+    def srht_chunk(self, key_step: int, compartment: int, size: int, indices: range,
+                   count: int = 1) -> SRHTChunk:
+        return SRHTChunk(compartment, count, size, indices, self.root_seed, key_step,
+                         self.config.antithetic, self.device, self.dtype)
 
     def matrix(self, key_step: int, compartment: int, size: int, indices: range) -> torch.Tensor:
         """Materialised Φ (m × size) for any distribution — for references and tests."""

@@ -1,14 +1,23 @@
-"""Per-step timing of RBD (each distribution) against SGD on the same model and batch.
+"""Per-step timing of RBD configurations against SGD on the same model and batch.
 
 Configurations are interleaved (one step of each, round after round) so machine noise
 hits them alike; we report medians and the ratio to the SGD median measured in the
 same run. ``reference`` is the straightforward implementation DESIGN.md quotes
-(torch.randn chunks of 50 from the global generator, normalised by √D).
+(torch.randn chunks of 50 from one generator, normalised by √D, projection and update
+in one pass per chunk).
+
+Also measured here, each in the same run as its baseline:
+  replay  — replaying N logged steps (no forward/backward, no projection) ÷ training them;
+  memory  — peak resident memory of N training steps in a fresh process, RBD ÷ SGD.
 """
 from __future__ import annotations
 
+import json
 import math
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -31,48 +40,125 @@ def reference_step(theta: torch.Tensor, grad: torch.Tensor, d: int, lr: float, c
         theta.add_((phi @ grad) @ phi, alpha=-lr)
 
 
+class Harness:
+    """A model, a fixed batch and a gradient function: everything a step needs but data."""
+
+    def __init__(self, model: str, dataset: str, batch_size: int = 32, device: str = "cpu"):
+        gen = torch.Generator().manual_seed(0)
+        self.model = build_model(model, SHAPES[dataset], gen).to(device)
+        self.flat = FlatParameters(self.model)
+        self.x = torch.rand((batch_size,) + SHAPES[dataset], generator=gen).to(device)
+        self.y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+        self.device = device
+
+    def grad(self) -> torch.Tensor:
+        self.flat.zero_grad()
+        nn.functional.cross_entropy(self.model(self.x), self.y).backward()
+        return self.flat.gradient()
+
+    def rbd(self, d: int, dist: str, compartments: str, chunk: int = 50) -> RandomBasesDescent:
+        comps = build_compartments(self.flat.named_sizes(), compartments, d)
+        return RandomBasesDescent(comps, Basis(BasisConfig(dist), 0, self.device), SingleProcess(),
+                                  chunk_size=chunk)
+
+
+def label(dist: str, compartments: str) -> str:
+    return f"rbd-{dist}" + ("" if compartments == "network" else f"@{compartments}")
+
+
 def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
               dists: tuple[str, ...] = ("gaussian", "rademacher", "uniform", "srht"),
-              compartments: str = "network", batch_size: int = 32, steps: int = 20,
+              compartments: tuple[str, ...] = ("network",), batch_size: int = 32, steps: int = 20,
               threads: int | None = None, device: str = "cpu", reference: bool = True,
               chunk: int = 50) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(0)
-    model = build_model(model_name, SHAPES[dataset], gen).to(device)
-    flat = FlatParameters(model)
-    x = torch.rand((batch_size,) + SHAPES[dataset], generator=gen).to(device)
-    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
-    comm = SingleProcess()
-    comps = build_compartments(flat.named_sizes(), compartments, d)
-
-    def grad_at():
-        flat.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        return flat.gradient()
-
-    steppers = {"sgd": lambda g, t: SGD(comm).step(flat.theta, g, t, 1e-4)}
-    for dist in dists:
-        m = RandomBasesDescent(comps, Basis(BasisConfig(dist), 0, device), comm, chunk_size=chunk)
-        steppers[f"rbd-{dist}"] = (lambda m: lambda g, t: m.step(flat.theta, g, t, 1e-4))(m)
+    h = Harness(model_name, dataset, batch_size, device)
+    sgd = SGD(SingleProcess())
+    steppers = {"sgd": lambda t: sgd.step(h.flat.theta, h.grad(), t, 1e-4)}
+    for comp in compartments:
+        for dist in dists:
+            m = h.rbd(d, dist, comp, chunk)
+            steppers[label(dist, comp)] = (lambda m: lambda t: m.step(h.flat.theta, h.grad(), t, 1e-4))(m)
     if reference:
-        steppers["rbd-reference"] = lambda g, t: reference_step(flat.theta, g, d, 1e-4)
+        steppers["rbd-reference"] = lambda t: reference_step(h.flat.theta, h.grad(), d, 1e-4)
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for t in range(steps + 2):
         for name, fn in steppers.items():
             t0 = time.perf_counter()
-            fn(grad_at(), t)
+            fn(t)
             if device == "cuda":
                 torch.cuda.synchronize()
             if t >= 2:  # two warm-up rounds
                 times[name].append((time.perf_counter() - t0) * 1e3)
-    sgd = statistics.median(times["sgd"])
+    base = statistics.median(times["sgd"])
+    ref = statistics.median(times["rbd-reference"]) if reference else float("nan")
     return [{"config": k, "ms_per_step": statistics.median(v),
-             "ratio_to_sgd": statistics.median(v) / sgd} for k, v in times.items()]
+             "ratio_to_sgd": statistics.median(v) / base,
+             "ratio_to_reference": statistics.median(v) / ref} for k, v in times.items()]
+
+
+def replay_ratio(model_name: str, dataset: str, d: int, dist: str, compartments: str,
+                 steps: int = 30, device: str = "cpu") -> dict:
+    """Train ``steps`` steps (forward, backward, RBD step), then replay them from the
+    coefficients alone; both from the same θ0, and the replay is checked bitwise."""
+    h = Harness(model_name, dataset, device=device)
+    m = h.rbd(d, dist, compartments)
+    theta0 = h.flat.theta.clone()
+    logged = []
+    t0 = time.perf_counter()
+    for t in range(steps):
+        logged.append(m.step(h.flat.theta, h.grad(), t, 1e-3).coefficients)
+    train_s = time.perf_counter() - t0
+    theta = theta0.clone()
+    t0 = time.perf_counter()
+    for t, c in enumerate(logged):
+        m.replay_step(theta, t, 1e-3, c)
+    replay_s = time.perf_counter() - t0
+    return {"config": label(dist, compartments), "train_s": train_s, "replay_s": replay_s,
+            "ratio": replay_s / train_s, "bitwise": bool(torch.equal(theta, h.flat.theta))}
+
+
+_MEMORY_CHILD = """
+import json, resource, sys, torch
+from rbd_hpc.bench import Harness
+from rbd_hpc.methods import SGD
+from rbd_hpc.comm import SingleProcess
+model, dataset, method, d, dist, comp, steps = json.loads(sys.argv[1])
+h = Harness(model, dataset)
+h.grad()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = SGD(SingleProcess()) if method == "sgd" else h.rbd(d, dist, comp)
+for t in range(steps):
+    m.step(h.flat.theta, h.grad(), t, 1e-4)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kb": peak, "setup_kb": base}))
+"""
+
+
+def memory_ratio(model_name: str, dataset: str, d: int, dist: str, compartments: str,
+                 steps: int = 5, threads: int | None = None) -> dict:
+    """Peak RSS of SGD and of RBD training, each in a fresh process."""
+    out = {}
+    for method in ("sgd", "rbd"):
+        arg = json.dumps([model_name, dataset, method, d, dist, compartments, steps])
+        env = None
+        if threads:
+            import os
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, arg], capture_output=True,
+                              text=True, env=env, check=True)
+        out[method] = json.loads(proc.stdout)
+    return {"config": label(dist, compartments), "sgd_peak_mb": out["sgd"]["peak_kb"] / 1024,
+            "rbd_peak_mb": out["rbd"]["peak_kb"] / 1024,
+            "ratio": out["rbd"]["peak_kb"] / out["sgd"]["peak_kb"],
+            "rbd_extra_mb": (out["rbd"]["peak_kb"] - out["rbd"]["setup_kb"]) / 1024,
+            "sgd_extra_mb": (out["sgd"]["peak_kb"] - out["sgd"]["setup_kb"]) / 1024}
 
 
 def format_table(rows: list[dict], header: str) -> str:
-    lines = [header, f"{'config':<18} {'ms/step (median)':>17} {'÷ SGD':>8}"]
+    lines = [header, f"{'config':<28} {'ms/step (median)':>17} {'÷ SGD':>8} {'÷ reference':>12}"]
     for r in rows:
-        lines.append(f"{r['config']:<18} {r['ms_per_step']:>17.2f} {r['ratio_to_sgd']:>8.2f}")
+        lines.append(f"{r['config']:<28} {r['ms_per_step']:>17.2f} {r['ratio_to_sgd']:>8.2f} "
+                     f"{r['ratio_to_reference']:>12.2f}")
     return "\n".join(lines)

@@ -92,11 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", default="fmnist")
     b.add_argument("--d", type=_int, default=250)
     b.add_argument("--dist", default="gaussian,rademacher,uniform,srht")
-    b.add_argument("--compartments", default="network")
+    b.add_argument("--compartments", default="network",
+                   help="comma-separated schemes, e.g. network,block:4096")
     b.add_argument("--steps", type=_int, default=20)
     b.add_argument("--threads", type=_int, default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--no-reference", dest="reference", action="store_false")
+    b.add_argument("--chunk", type=_int, default=50)
+    b.add_argument("--replay", action="store_true",
+                   help="also time replaying the steps against training them")
+    b.add_argument("--memory", action="store_true",
+                   help="also compare peak memory of RBD and SGD training (fresh processes)")
     return p
 
 
@@ -199,28 +205,46 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_table, run_bench
+    import torch
 
-    dists = tuple(x for x in args.dist.split(",") if x)
     from .bases import DISTRIBUTIONS
+    from .bench import SHAPES, format_table, memory_ratio, replay_ratio, run_bench
+    from .compartments import segments
     from .models import MODELS
 
+    dists = tuple(x for x in args.dist.split(",") if x)
+    comps = tuple(x for x in args.compartments.split(",") if x)
     for dist in dists:
         if dist not in DISTRIBUTIONS:
             raise UserError(f"--dist {dist!r} is not valid; choose from: " + ", ".join(DISTRIBUTIONS))
+    for comp in comps:
+        segments([("x", 1)], comp)
     if args.model not in MODELS:
         raise UserError(f"--model {args.model!r} is not valid; choose one of: " + ", ".join(MODELS))
-    from .bench import SHAPES
-
     if args.dataset not in SHAPES:
         raise UserError(f"--dataset {args.dataset!r} is not valid; choose one of: " + ", ".join(SHAPES))
-    rows = run_bench(args.model, args.dataset, args.d, dists, args.compartments, steps=args.steps,
-                     threads=args.threads, device=args.device, reference=args.reference)
-    import torch
-
-    print(format_table(rows, f"# {args.model}-{args.dataset}, d={args.d}, compartments="
-                       f"{args.compartments}, batch 32, {torch.get_num_threads()} threads, "
-                       f"{args.steps} interleaved steps"))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,
+                     threads=args.threads, device=args.device, reference=args.reference,
+                     chunk=args.chunk)
+    print(format_table(rows, f"# {args.model}-{args.dataset}, d={args.d}, batch 32, "
+                       f"{torch.get_num_threads()} threads, {args.steps} interleaved steps, "
+                       f"{args.device}"))
+    if args.replay:
+        print("\n# replay of N steps ÷ training them (same θ0; bitwise check)")
+        for comp in comps:
+            for dist in dists:
+                r = replay_ratio(args.model, args.dataset, args.d, dist, comp, args.steps, args.device)
+                print(f"{r['config']:<28} train {r['train_s']:.3f} s  replay {r['replay_s']:.3f} s  "
+                      f"ratio {r['ratio']:.2f}  bitwise {r['bitwise']}")
+    if args.memory:
+        print("\n# peak resident memory, fresh process each (extra = growth after set-up)")
+        for comp in comps:
+            for dist in dists:
+                r = memory_ratio(args.model, args.dataset, args.d, dist, comp, threads=args.threads)
+                print(f"{r['config']:<28} SGD {r['sgd_peak_mb']:.0f} MB (+{r['sgd_extra_mb']:.0f})  "
+                      f"RBD {r['rbd_peak_mb']:.0f} MB (+{r['rbd_extra_mb']:.0f})  ratio {r['ratio']:.2f}")
     return 0
 
 

@@ -115,3 +115,21 @@ def torch_generator(seed: int, device="cpu"):
 def numpy_rng(seed: int) -> np.random.Generator:
     """A NumPy generator for host-side randomness (data order, masks)."""
     return np.random.Generator(np.random.Philox(key=int(seed) & (2**64 - 1)))
+
+
+def random_words(root_seed: int, stream: Stream, step: int, compartments, indices) -> np.ndarray:
+    """Raw Philox output for every (compartment, index) pair: shape (len(c), len(i), 4) uint32.
+
+    Each 128-bit block is the cipher of the counter (stream, step, compartment, index), so
+    any subset can be computed alone — the basis of the vectorised structured bases.
+    """
+    comps = np.asarray(compartments, dtype=np.int64)
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() > _U32_MAX):
+        raise ValueError("word index outside [0, 2**32)")
+    counter = np.empty((comps.size, idx.size, 4), dtype=np.uint32)
+    counter[..., 0] = _check_field("stream", int(stream))
+    counter[..., 1] = _check_field("step", step)
+    counter[..., 2] = comps.astype(np.uint32)[:, None]
+    counter[..., 3] = idx.astype(np.uint32)[None, :]
+    return philox4x32(counter.reshape(-1, 4), root_key(root_seed)).reshape(counter.shape)

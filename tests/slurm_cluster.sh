@@ -87,6 +87,12 @@ case "${1:-}" in
     done
     echo "slurm did not come up; see $DIR/log" >&2; exit 1 ;;
   stop)
+    # end every job first: with proctrack/linuxproc, killing slurmd would orphan job steps
+    if [ -f "$CONF" ]; then
+      export SLURM_CONF="$CONF"
+      scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
+      for _ in $(seq 100); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.3; done
+    fi
     pkill -f "slurmd -f $CONF" 2>/dev/null || true
     pkill -f "slurmctld -f $CONF" 2>/dev/null || true
     for _ in $(seq 50); do pgrep -f "slurm(ctld|d) -f $CONF" >/dev/null || break; sleep 0.1; done

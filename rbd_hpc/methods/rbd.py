@@ -58,9 +58,9 @@ class RandomBasesDescent:
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float) -> StepResult:
         if self.mode == "shared":
-            def coefficients_for(comp, chunk):
+            def coefficients_for(span, chunk):
                 # the only per-step traffic: this chunk's coordinates, averaged over ranks
-                return self.comm.allreduce_mean(chunk.project(grad[comp.start:comp.stop]))
+                return self.comm.allreduce_mean(chunk.project(grad[span]))
             return StepResult(apply_step(theta, self._chunks(step), lr, coefficients_for))
         gathered = self._per_rank_coefficients(grad, step)
         return StepResult(self.replay_step(theta, step, lr, gathered))
@@ -87,9 +87,9 @@ class RandomBasesDescent:
         """Apply logged coefficients (no data needed): the same update as training."""
         cursor = [0]
 
-        def coefficients_for(comp, chunk):
+        def coefficients_for(span, chunk):
             lo = cursor[0]
-            cursor[0] += len(chunk.indices)
+            cursor[0] += len(chunk.indices) * getattr(chunk, "count", 1)
             return coefficients[lo:cursor[0]]
         applied = apply_step(theta, self._chunks(step), lr, coefficients_for)
         if cursor[0] != coefficients.numel():
