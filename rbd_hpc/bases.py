@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -78,21 +77,6 @@ def fill_direction(dist: str, gen: torch.Generator, out: torch.Tensor) -> None:
             out.sub_(1.0)
     else:  # pragma: no cover - validated by BasisConfig
         raise ValueError(dist)
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rbd-gen")
-    return _POOLS[workers]
-
-
-def _generation_workers(device: torch.device, rows: int) -> int:
-    if device.type != "cpu" or rows < 2:
-        return 1  # on a GPU one generator call already fills the device
-    return max(1, min(torch.get_num_threads(), rows))
 
 
 class DenseChunk:
@@ -231,11 +215,16 @@ class Basis:
         self.root_seed = int(root_seed)
         self.device = torch.device(device)
         self.dtype = dtype
+        self._buffers: dict[tuple[int, int], torch.Tensor] = {}
 
     def chunks(self, key_step: int, compartment: int, size: int, indices: range,
-               chunk_size: int, count: int = 1) -> Iterator[DenseChunk | SRHTChunk]:
+               chunk_size: int, count: int = 1, reuse: bool = True) -> Iterator[DenseChunk | SRHTChunk]:
         """Chunks for ``indices`` of ``count`` adjacent compartments of ``size`` (count > 1
-        only for srht, whose one batched transform covers every direction at once)."""
+        only for srht, whose one batched transform covers every direction at once).
+
+        With ``reuse`` a dense chunk lives in a scratch buffer that the next chunk of the
+        same shape overwrites: consume chunks one at a time (as apply_step does), or pass
+        reuse=False to keep them all."""
         if len(indices) == 0:
             return
         if self.config.dist == "srht":
@@ -243,9 +232,21 @@ class Basis:
             return
         if count != 1:
             raise ValueError("dense chunks cover one compartment")
+        # one scratch buffer per shape, reused chunk after chunk: a fresh 20 MB tensor per
+        # chunk costs thousands of page faults (the CPU allocator returns it to the OS)
         for lo in range(indices.start, indices.stop, chunk_size):
             sub = range(lo, min(lo + chunk_size, indices.stop))
-            yield DenseChunk(compartment, sub, self.dense(key_step, compartment, size, sub))
+            buf = self._scratch(len(sub), size) if reuse else None
+            yield DenseChunk(compartment, sub, self.dense(key_step, compartment, size, sub, out=buf))
+
+    def _scratch(self, rows: int, size: int) -> torch.Tensor:
+        """A reusable (rows × size) buffer; valid until the next chunk is generated."""
+        key = (rows, size)
+        if key not in self._buffers:
+            if len(self._buffers) > 8:
+                self._buffers.clear()
+            self._buffers[key] = torch.empty(key, dtype=self.dtype, device=self.device)
+        return self._buffers[key]
 
     def dense(self, key_step: int, compartment: int, size: int, indices: range,
               out: torch.Tensor | None = None) -> torch.Tensor:
@@ -256,21 +257,13 @@ class Basis:
                              key_idx.numpy())
         phi = out if out is not None else torch.empty(
             (len(indices), size), dtype=self.dtype, device=self.device)
-
-        def fill(rows: range) -> None:
-            gen = torch.Generator(device=self.device)
-            for row in rows:
-                gen.manual_seed(int(seeds[row]))
-                fill_direction(cfg.dist, gen, phi[row])
-        # Rows are independent (one generator each), so threads fill disjoint rows and the
-        # result does not depend on the thread count. torch releases the GIL while it
-        # generates, so on a CPU this uses every core for the dominant cost.
-        workers = _generation_workers(self.device, len(indices))
-        if workers > 1:
-            bounds = [len(indices) * w // workers for w in range(workers + 1)]
-            list(_pool(workers).map(fill, [range(a, b) for a, b in zip(bounds, bounds[1:])]))
-        else:
-            fill(range(len(indices)))
+        # One generator per row: a direction depends on its key only, never on the chunk.
+        # (Filling rows from Python threads was measured: torch's CPU normal sampler does
+        # not scale with them and NumPy's bit unpacking contends for the GIL.)
+        gen = torch.Generator(device=self.device)
+        for row, seed in enumerate(seeds):
+            gen.manual_seed(int(seed))
+            fill_direction(cfg.dist, gen, phi[row])
         if cfg.normalize == "exact":
             phi /= phi.norm(dim=1, keepdim=True)
         else:

@@ -41,7 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a network (under mpiexec/srun: one rank per process)")
     t.add_argument("--preset", default=None, help="one of: " + ", ".join(PRESETS) + " (default fc-fmnist)")
-    t.add_argument("--method", help="rbd, fpd or sgd")
+    t.add_argument("--method", help="rbd, fpd, nes, sgd, rigl, set or static")
+    t.add_argument("--sigma", type=_float, help="NES noise scale")
+    t.add_argument("--sparsity", type=_float, help="RigL/SET/Static: fraction of weights kept at zero")
+    t.add_argument("--sparsity-dist", help="uniform or erk")
+    t.add_argument("--mask-every", type=_int, help="RigL/SET: steps between mask updates (ΔT)")
+    t.add_argument("--drop-fraction", type=_float, help="RigL/SET: initial drop fraction α")
     t.add_argument("--d", type=_int, help="directions per step (split over compartments by size)")
     t.add_argument("--d-per-compartment", type=_int, help="directions per compartment instead of --d")
     t.add_argument("--dist", help="gaussian, rademacher, uniform or srht")
@@ -87,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("run")
     i.add_argument("--json", action="store_true")
 
+    pl = sub.add_parser("plot", help="PNG plots from run files or metrics files")
+    pl.add_argument("runs", nargs="+", help="RUN.h5 or METRICS.jsonl files")
+    pl.add_argument("--out", default="plots", help="directory for the PNGs")
+
     b = sub.add_parser("bench", help="time RBD steps against SGD steps")
     b.add_argument("--model", default="fc")
     b.add_argument("--dataset", default="fmnist")
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
               "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "schedule",
               "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
-              "device", "threads")
+              "device", "threads", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
 
 
 def cmd_train(args, comm) -> int:
@@ -270,6 +279,12 @@ def main(argv=None) -> int:
             return cmd_replay(args)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command == "plot":
+            from .plot import plot
+
+            for path in plot(args.runs, args.out):
+                print(path)
+            return 0
         return cmd_bench(args)
     except UserError as e:
         rank = f"[rank {comm.rank}] " if comm is not None and comm.size > 1 else ""

@@ -15,7 +15,7 @@ from .bases import DISTRIBUTIONS, NORMALIZATIONS, BasisConfig
 from .compartments import segments
 from .errors import UserError
 
-METHODS = ("rbd", "fpd", "sgd")
+METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
 MODES = ("shared", "per-rank")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("cpu", "cuda", "ipu")
@@ -47,7 +47,8 @@ PRESETS = {
 def base_lr(model: str, dataset: str, method: str) -> float:
     rates = BASE_LR.get((model, dataset), BASE_LR[("cnn", dataset)] if model != "fc"
                         else BASE_LR[("fc", dataset)])
-    return rates["sgd" if method == "sgd" else "rbd"]  # FPD and NES use RBD's rate
+    # FPD and NES use RBD's rate; the sparse methods are SGD on masked weights
+    return rates["sgd" if method in ("sgd", "rigl", "set", "static") else "rbd"]
 
 
 def _choice(flag: str, value, valid) -> None:
@@ -93,6 +94,11 @@ class TrainConfig:
     check_every: int = 0
     device: str = "cpu"
     threads: int | None = None
+    sigma: float = 0.05                # NES noise scale
+    sparsity: float = 0.9              # RigL / SET / Static
+    sparsity_dist: str = "uniform"
+    mask_every: int = 100
+    drop_fraction: float = 0.3
 
     def __post_init__(self):
         from .data import DATASETS
@@ -128,6 +134,14 @@ class TrainConfig:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
+        _choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))
+        if not 0.0 <= self.sparsity < 1.0:
+            raise UserError(f"--sparsity {self.sparsity} must be in [0, 1)")
+        if not 0.0 < self.drop_fraction < 1.0:
+            raise UserError(f"--drop-fraction {self.drop_fraction} must be in (0, 1)")
+        _positive("--mask-every", self.mask_every)
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise UserError(f"--sigma {self.sigma} must be a positive number")
         if self.check_every < 0:
             raise UserError(f"--check-every {self.check_every} must be >= 0")
 

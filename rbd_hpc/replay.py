@@ -27,8 +27,8 @@ def method_for(run: RunFile):
     if not run.replayable:
         raise UserError(f"{run.path}: method {cfg.method!r} logs no coefficients and cannot be "
                         "replayed; its snapshots hold the weights")
-    named_sizes = [(n, int(np.prod(s))) for n, s in zip(run.layout["names"], run.layout["shapes"])]
-    method, _ = build_method(cfg, named_sizes, SingleProcess(), "cpu",
+    named_shapes = [(n, tuple(s)) for n, s in zip(run.layout["names"], run.layout["shapes"])]
+    method, _ = build_method(cfg, named_shapes, SingleProcess(), "cpu",
                              world_size=int(run.attrs["world_size"]))
     return method
 

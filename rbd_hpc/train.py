@@ -26,7 +26,8 @@ from .compartments import build_compartments
 from .config import TrainConfig
 from .data import BatchStream, Dataset, load_dataset, to_tensor
 from .errors import UserError
-from .methods import SGD, FixedProjectionDescent, RandomBasesDescent
+from .methods import (NES, SGD, SPARSE_METHODS, FixedProjectionDescent, RandomBasesDescent,
+                      SparseTraining)
 from .models import FlatParameters, build_model
 from .runlog import METRIC_COLUMNS, RunFile, RunWriter, run_attrs
 from .seeds import Stream, derive_seed, torch_generator
@@ -44,12 +45,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def build_method(cfg: TrainConfig, named_sizes: list[tuple[str, int]], comm, device,
-                 world_size: int | None = None):
+def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, device,
+                 world_size: int | None = None, total_steps: int | None = None):
     """The method object for a config over a parameter layout (shared by train and replay)."""
+    named_sizes = [(n, int(np.prod(s))) for n, s in named_shapes]
     if cfg.method == "sgd":
         return SGD(comm, momentum=cfg.momentum), []
+    if cfg.method in SPARSE_METHODS:
+        if total_steps is None:
+            raise ValueError("sparse methods need the run length")
+        layers, offset = [], 0
+        for name, shape in named_shapes:
+            n = int(np.prod(shape))
+            if name.endswith("weight") and len(shape) > 1:
+                layers.append((name, offset, offset + n, tuple(shape)))
+            offset += n
+        return SparseTraining(cfg.method, layers, comm, cfg.seed, cfg.sparsity, cfg.sparsity_dist,
+                              total_steps, cfg.momentum, cfg.mask_every, cfg.drop_fraction), []
     compartments = build_compartments(named_sizes, cfg.compartments, cfg.d, cfg.d_per_compartment)
+    if cfg.method == "nes":
+        odd = [c for c in compartments if c.d % 2]
+        if odd:
+            raise UserError(f"NES evaluates antithetic pairs: compartment {odd[0].name!r} got an odd "
+                            f"d={odd[0].d}; use an even --d / --d-per-compartment")
+        basis = Basis(dataclasses.replace(cfg.basis, antithetic=True), cfg.seed, device)
+        return NES(compartments, basis, comm, mode="shared", chunk_size=cfg.chunk,
+                   redraw_every=cfg.redraw_every, world_size=1, sigma=cfg.sigma), compartments
     basis = Basis(cfg.basis, cfg.seed, device)
     cls = FixedProjectionDescent if cfg.method == "fpd" else RandomBasesDescent
     method = cls(compartments, basis, comm, mode=cfg.mode, chunk_size=cfg.chunk,
@@ -184,17 +205,22 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
                         torch_generator(derive_seed(cfg.seed, Stream.INIT))).to(device)
     flat = FlatParameters(model)
     flat.theta.copy_(comm.broadcast(flat.theta))  # every rank starts from rank 0's θ0
-    method, compartments = build_method(cfg, flat.named_sizes(), comm, device)
-    per_rank_data = not (cfg.mode == "per-rank" and method.replayable)  # direction-parallel
+    steps_per_epoch = (len(data.train.y) // cfg.batch_size)
+    total = cfg.steps if cfg.steps else cfg.epochs * steps_per_epoch
+    method, compartments = build_method(cfg, list(zip(flat.names, flat.shapes)), comm, device,
+                                        total_steps=total)
+    if isinstance(method, SparseTraining):
+        method.prepare(flat.theta)  # θ0 is stored masked
+    # direction-parallel modes see the whole batch on every rank
+    per_rank_data = not ((cfg.mode == "per-rank" and method.replayable) or isinstance(method, NES))
     stream = BatchStream(data.train, cfg.seed, cfg.batch_size, comm.rank, comm.size, cfg.augment,
                          cfg.dataset, per_rank_data=per_rank_data)
     if stream.steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size} exceeds the {len(data.train.y)} training "
                         "samples")
     standardize = cfg.dataset == "cifar10"  # the official CIFAR-10 preprocessing
-    total = cfg.steps if cfg.steps else cfg.epochs * stream.steps_per_epoch
     has_buffers = any(True for _ in model.buffers())
-    state_size = flat.dim if (cfg.method == "sgd" and cfg.momentum) else 0
+    state_size = method.state_size(flat.dim) if hasattr(method, "state_size") else 0
     theta0 = flat.theta.detach().cpu().numpy().copy()
 
     # -- resume point (rank 0 reads, everyone receives it once) --------------------
@@ -213,8 +239,8 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         flat.theta.copy_(torch.from_numpy(theta))
         if buffers.size:
             load_buffers(model, buffers)
-        if state.size and isinstance(method, SGD):
-            method.load_state({"momentum": torch.from_numpy(state.astype(np.float32)).to(device)})
+        if state_size and state.size:
+            method.load_state_vector(state[:state_size], device)
     if is_root and out_path is not None:
         param_layout, buffer_layout = layouts(flat, model, compartments)
         attrs = run_attrs(cfg.to_json(), cfg.seed, comm.size, cfg.mode, cfg.method, device.type,
@@ -249,7 +275,17 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         grad = flat.gradient()
         lr = learning_rate(cfg, step, total)
         before = flat.theta.clone()
-        result = method.step(flat.theta, grad, step, lr)  # the only per-step traffic
+        if isinstance(method, NES):
+            saved = buffers_vector(model) if has_buffers else None
+
+            def loss_at() -> float:  # one offspring's fitness on this batch
+                with torch.no_grad():
+                    return float(loss_fn(model(x), y))
+            result = method.step(flat.theta, grad, step, lr, loss_at=loss_at)
+            if saved is not None:
+                load_buffers(model, saved)  # offspring evaluations must not move BN statistics
+        else:
+            result = method.step(flat.theta, grad, step, lr)  # the only per-step traffic
         delta = before.sub_(flat.theta)
         cos = float(torch.nn.functional.cosine_similarity(delta, grad, dim=0, eps=1e-30))
         loss = float(loss.detach())
@@ -318,9 +354,9 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
 
 
 def _state_vector(method, state_size: int) -> np.ndarray:
-    if state_size and isinstance(method, SGD) and method.buffer is not None:
-        return method.buffer.detach().cpu().numpy()
-    return np.zeros(state_size, dtype=np.float32)
+    if state_size:
+        return method.state_vector(state_size)
+    return np.zeros(0, dtype=np.float32)
 
 
 def _agree(comm, flag: bool, done: int, every: int = 20) -> bool:

@@ -20,7 +20,7 @@ def assert_user_error(proc, *fragments):
 
 @pytest.mark.parametrize("args,fragments", [
     (["--preset", "vgg-imagenet"], ["--preset 'vgg-imagenet'", "fc-fmnist"]),
-    (["--method", "adam"], ["--method 'adam'", "rbd, fpd, sgd"]),
+    (["--method", "adam"], ["--method 'adam'", "rbd, fpd, nes, sgd, rigl, set, static"]),
     (["--dist", "bernoulli"], ["--dist 'bernoulli'", "gaussian, rademacher, uniform, srht"]),
     (["--d", "0"], ["--d 0 must be a positive"]),
     (["--d", "-5"], ["--d -5"]),
@@ -98,3 +98,24 @@ def test_bench_prints_ratios():
 
 def test_bench_bad_dist():
     assert_user_error(run_cli("bench", "--dist", "normal"), "--dist 'normal'")
+
+
+def test_plot_writes_pngs(tmp_path, idx_dir):
+    runs = []
+    for method in ("rbd", "sgd"):
+        out = tmp_path / f"{method}.h5"
+        proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2", "--d", "20",
+                       "--method", method, "--out", out, "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+        runs.append(out)
+    proc = run_cli("plot", *runs, "--out", tmp_path / "plots")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("val_acc_vs_epoch.png", "acc_vs_d.png", "cost_per_step.png"):
+        data = (tmp_path / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_plot_bad_input(tmp_path):
+    bad = tmp_path / "x.jsonl"
+    bad.write_text("{not json")
+    assert_user_error(run_cli("plot", bad), "cannot read metrics file")

@@ -1,6 +1,7 @@
 """Plain SGD baseline, optionally with heavy-ball momentum. Data-parallel under MPI."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .rbd import StepResult
@@ -26,9 +27,16 @@ class SGD:
         theta.add_(g, alpha=-lr)
         return StepResult(torch.zeros(0, dtype=torch.float32))
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {} if self.buffer is None else {"momentum": self.buffer}
+    def state_size(self, dim: int) -> int:
+        return dim if self.momentum else 0
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        if "momentum" in state:
-            self.buffer = state["momentum"].clone()
+    def state_vector(self, dim: int) -> np.ndarray:
+        if not self.momentum:
+            return np.zeros(0, dtype=np.float32)
+        if self.buffer is None:
+            return np.zeros(dim, dtype=np.float32)
+        return self.buffer.detach().cpu().numpy()
+
+    def load_state_vector(self, vec: np.ndarray, device) -> None:
+        if self.momentum and vec.size:
+            self.buffer = torch.from_numpy(np.asarray(vec, dtype=np.float32)).to(device)

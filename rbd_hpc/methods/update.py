@@ -32,16 +32,18 @@ def groups(compartments: list[Compartment], directions: list[int], batched: bool
 
 
 def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
-                directions_per_compartment: list[int], chunk_size: int) -> Iterator:
+                directions_per_compartment: list[int], chunk_size: int,
+                reuse: bool = True) -> Iterator:
     """(θ slice, chunk) for every direction of a step, in coefficient-log order.
 
     The plan depends only on the compartments, the direction counts and the chunk size,
-    never on the rank or the number of ranks.
+    never on the rank or the number of ranks. With ``reuse`` (the default) dense chunks
+    share scratch buffers: consume them one at a time, or pass reuse=False to list them.
     """
     batched = basis.config.dist == "srht"
     for first, count, size, n, start, stop in groups(compartments, directions_per_compartment,
                                                      batched):
-        for chunk in basis.chunks(key_step, first, size, range(n), chunk_size, count):
+        for chunk in basis.chunks(key_step, first, size, range(n), chunk_size, count, reuse):
             yield slice(start, stop), chunk
 
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""The Fashion-MNIST rows of the paper's Table 1: FC and CNN × NES, FPD, RBD, SGD.
+
+    python jobs/table1.py --epochs 100                 # the paper's length (days on 2 cores)
+    python jobs/table1.py --epochs 1 --out runs/table1 # what docs/results.md reports
+
+Runs go through the submitit launcher (Slurm when it answers, else local processes) with
+the paper's hyperparameters (presets: batch 32, lr = base × 32, d = 250, no momentum).
+Existing run files are resumed, so re-running finishes only what is missing. Writes
+results.csv and results.md (our accuracy next to the paper's) into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from rbd_hpc.config import TrainConfig
+from rbd_hpc.errors import UserError
+from rbd_hpc.launch import Cluster, submit_array
+
+PAPER = {  # test accuracy (%), Table 1, 100 epochs
+    ("fc", "nes"): 45.0, ("fc", "fpd"): 77.3, ("fc", "rbd"): 85.65, ("fc", "sgd"): 87.32,
+    ("cnn", "nes"): 37.0, ("cnn", "fpd"): 77.8, ("cnn", "rbd"): 85.56, ("cnn", "sgd"): 91.95,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=["fc", "cnn"])
+    p.add_argument("--methods", nargs="+", default=["nes", "fpd", "rbd", "sgd"])
+    p.add_argument("--nes-steps", type=int, help="cap NES runs at this many steps (NES costs d "
+                   "forward passes per step)")
+    p.add_argument("--augment", action="store_true", help="the paper's augmentation")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default="runs/table1")
+    p.add_argument("--backend", default="auto", choices=["auto", "slurm", "local"])
+    p.add_argument("--tasks", type=int, default=1)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [(m, k) for m in args.models for k in args.methods]
+    try:
+        cfgs = []
+        for model, method in cells:
+            steps = args.nes_steps if (method == "nes" and args.nes_steps) else None
+            cfgs.append(TrainConfig.from_preset(f"{model}-fmnist", method=method,
+                                                epochs=None if steps else args.epochs, steps=steps,
+                                                augment=args.augment or None,
+                                                data_dir=args.data_dir, threads=2))
+        jobs = submit_array(cfgs, [str(out / f"{m}-{k}.h5") for m, k in cells],
+                            Cluster(tasks=args.tasks, backend=args.backend, name="rbd-table1",
+                                    time_min=24 * 60),
+                            folder=str(out / "logs"),
+                            metrics=[str(out / f"{m}-{k}.jsonl") for m, k in cells])
+    except UserError as e:
+        raise SystemExit(f"table1: error: {e}")
+    for job in jobs:
+        job.results()
+    rows = []
+    for (model, method), cfg in zip(cells, cfgs):
+        last = json.loads((out / f"{model}-{method}.jsonl").read_text().splitlines()[-1])
+        rows.append({"model": model.upper() + "-FMNIST", "method": method.upper(),
+                     "epochs": last["epoch"], "test_acc": round(100 * last["test_acc"], 2),
+                     "paper": PAPER[(model, method)], "ms_per_step": round(last["ms_per_step"], 2)})
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| model | method | epochs | test acc (%) | paper, 100 epochs (%) | ms/step |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['method']} | {r['epochs']:g} | {r['test_acc']:.2f} | "
+              f"{r['paper']:.2f} | {r['ms_per_step']:.2f} |" for r in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

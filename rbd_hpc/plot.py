@@ -1,0 +1,103 @@
+"""``rbd-hpc plot``: PNGs from run files (.h5) or metrics files (.jsonl).
+
+  val_acc_vs_epoch.png   validation accuracy against epoch, one line per run (paper Fig. 3)
+  acc_vs_d.png           final test accuracy against d, one line per method/basis
+  cost_per_step.png      ms per step and bytes handed to MPI per step, per run
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+
+def load_runs(paths: list[str]) -> list[dict]:
+    from .runlog import RunFile
+
+    runs = []
+    for p in paths:
+        path = Path(p)
+        if path.suffix == ".jsonl":
+            try:
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"cannot read metrics file {path}: {e}") from None
+            runs.append({"label": path.stem, "rows": rows, "config": {}})
+        else:
+            with RunFile(path) as run:
+                cfg = json.loads(run.config_json)
+                rows = run.metrics()
+            if cfg["method"] in ("sgd", "rigl", "set", "static"):
+                label = f"{cfg['method']} {cfg['model']}"
+                if cfg["method"] != "sgd":
+                    label += f" sparsity {cfg['sparsity']}"
+            else:
+                label = f"{cfg['method']} {cfg['model']} d={cfg['d']} {cfg['dist']}"
+            if cfg["method"] not in ("sgd", "rigl", "set", "static") and \
+                    cfg.get("compartments", "network") != "network":
+                label += f" {cfg['compartments']}"
+            runs.append({"label": label, "rows": rows, "config": cfg})
+        if not runs[-1]["rows"]:
+            raise UserError(f"{path} holds no evaluated epochs yet")
+    return runs
+
+
+def plot(paths: list[str], out_dir: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_runs(paths)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out}: {e.strerror}") from None
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in runs:
+        ax.plot([row["epoch"] for row in r["rows"]], [100 * row["val_acc"] for row in r["rows"]],
+                marker="o", label=r["label"])
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(out / "val_acc_vs_epoch.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for r in runs:
+        c = r["config"]
+        if c and c["method"] not in ("sgd", "rigl", "set", "static"):
+            key = f"{c['method']} {c['model']} {c['dist']} {c.get('compartments', 'network')}"
+            groups.setdefault(key, []).append((c["d"], 100 * r["rows"][-1]["test_acc"]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, pts in groups.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    ax.set(xlabel="d (directions per step)", ylabel="test accuracy (%)", xscale="log",
+           title="Accuracy against d")
+    ax.grid(alpha=0.3)
+    if groups:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(out / "acc_vs_d.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    labels = [r["label"] for r in runs]
+    a1.barh(labels, [r["rows"][-1]["ms_per_step"] for r in runs])
+    a1.set(xlabel="ms per step (median)", xscale="log")
+    a2.barh(labels, [max(r["rows"][-1].get("bytes_per_step", 0), 1) for r in runs])
+    a2.set(xlabel="bytes to MPI per step", xscale="log")
+    a2.set_yticklabels([])
+    fig.tight_layout()
+    written.append(out / "cost_per_step.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
