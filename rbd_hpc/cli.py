@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compartments", help="network, layer or block:N")
     t.add_argument("--redraw-every", type=_int, help="redraw directions every n steps (RBD)")
     t.add_argument("--chunk", type=_int, help="directions generated per chunk")
+    t.add_argument("--keep-in-memory", action="store_true", default=None,
+                   help="keep directions in memory while they stay the same (FPD, --redraw-every)")
     t.add_argument("--epochs", type=_int)
     t.add_argument("--steps", type=_int, help="train this many steps instead of --epochs")
     t.add_argument("--batch-size", type=_int, help="global batch size (default 32)")
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
               "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "schedule",
               "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
-              "device", "threads", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
+              "device", "threads", "keep_in_memory", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
 
 
 def cmd_train(args, comm) -> int:

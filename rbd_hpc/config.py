@@ -94,6 +94,7 @@ class TrainConfig:
     check_every: int = 0
     device: str = "cpu"
     threads: int | None = None
+    keep_in_memory: bool = False       # hold directions while they do not change (FPD)
     sigma: float = 0.05                # NES noise scale
     sparsity: float = 0.9              # RigL / SET / Static
     sparsity_dist: str = "uniform"

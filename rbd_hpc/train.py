@@ -74,7 +74,8 @@ def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, 
     basis = Basis(cfg.basis, cfg.seed, device)
     cls = FixedProjectionDescent if cfg.method == "fpd" else RandomBasesDescent
     method = cls(compartments, basis, comm, mode=cfg.mode, chunk_size=cfg.chunk,
-                 redraw_every=cfg.redraw_every, world_size=world_size)
+                 redraw_every=cfg.redraw_every, world_size=world_size,
+                 keep_in_memory=cfg.keep_in_memory)
     if cfg.mode == "per-rank":
         too_many = [c for c in compartments if c.d * method.ranks > c.size]
         if too_many:

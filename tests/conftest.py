@@ -83,3 +83,22 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
 def needs_fmnist():
     return pytest.mark.skipif(not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists(),
                               reason="Debian package dataset-fashion-mnist is not installed")
+
+
+def wait_for_commits(path: Path, n: int, timeout: float = 120) -> None:
+    """Poll a run file being written (SWMR read) until it has ``n`` committed steps."""
+    import time
+
+    import h5py
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if path.exists():
+            try:
+                with h5py.File(path, "r", swmr=True) as f:
+                    if int(f["commit"][0]) >= n:
+                        return
+            except (OSError, KeyError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach {n} committed steps")

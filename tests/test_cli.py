@@ -47,8 +47,7 @@ def test_missing_data(tmp_path):
                       "missing data file train-labels-idx1-ubyte", str(d))
 
 
-def test_cifar_preset_without_data_dir(monkeypatch):
-    env = {k: v for k, v in os.environ.items() if k != "RBD_DATA"}
+def test_cifar_preset_without_data_dir():
     proc = run_cli("train", "--preset", "cnn-cifar10", "--steps", "1", env={"RBD_DATA": ""})
     assert_user_error(proc, "no default location", "--data-dir")
 

@@ -1,7 +1,6 @@
 """Real Fashion-MNIST: RBD learns in a few hundred steps."""
 import json
 
-import pytest
 
 from conftest import needs_fmnist, run_cli
 

@@ -105,3 +105,17 @@ def test_sgd_with_momentum():
     sgd.step(theta, g, 0, 0.1)
     sgd.step(theta, g, 1, 0.1)
     assert torch.allclose(theta, torch.full((4,), 1 - 0.1 - 0.1 * 1.9))
+
+
+@pytest.mark.parametrize("cls,redraw", [(FixedProjectionDescent, 1), (RandomBasesDescent, 3)])
+def test_keep_in_memory_is_bitwise_the_same(cls, redraw):
+    comps = build_compartments(SIZES, "layer", d_total=12)
+    basis = Basis(BasisConfig("gaussian"), 4)
+    thetas = []
+    for keep in (False, True):
+        m = cls(comps, basis, SingleProcess(), chunk_size=5, redraw_every=redraw, keep_in_memory=keep)
+        theta = torch.linspace(-1, 1, D)
+        for step in range(7):
+            m.step(theta, torch.cos(theta * 3), step, 0.2)
+        thetas.append(theta)
+    assert torch.equal(thetas[0], thetas[1])

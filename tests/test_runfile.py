@@ -1,7 +1,6 @@
 """The HDF5 run file: replay, verify, resume, integrity, and SIGKILL at random moments."""
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, venv_bin
+from conftest import run_cli, venv_bin, wait_for_commits
 from rbd_hpc.runlog import RunFile, crc32
 
 pytestmark = pytest.mark.timeout(600)
@@ -172,20 +171,6 @@ def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):
         assert run.snapshot_steps()[-1] == run.committed  # the stop wrote a full snapshot
     train(idx_dir, out, "--resume", out)
     assert np.array_equal(final_theta(out), final_theta(ref))
-
-
-def wait_for_commits(path: Path, n: int, timeout: float = 60) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if path.exists():
-            try:
-                with h5py.File(path, "r", swmr=True) as f:
-                    if int(f["commit"][0]) >= n:
-                        return
-            except (OSError, KeyError):
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"{path} did not reach {n} commits")
 
 
 def test_sigkill_at_random_moments_then_resume_is_bitwise(idx_dir, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, venv_bin
+from conftest import ROOT, run_cli, venv_bin, wait_for_commits
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.launch import Cluster, sbatch_text, submit
 from rbd_hpc.runlog import RunFile
@@ -79,24 +79,19 @@ def wait_gone(job: str, timeout: float = 400, release_requeued: bool = True) -> 
     raise AssertionError(f"job {job} still {job_field(job, 'JobState')} after {timeout}s")
 
 
-def wait_commits(path: Path, n: int, timeout: float = 120) -> None:
-    import h5py
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            with h5py.File(path, "r", swmr=True) as f:
-                if int(f["commit"][0]) >= n:
-                    return
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{path} did not reach {n} committed steps")
-
-
 def tiny_env(idx_dir, out: Path, args: str) -> dict:
     return {"RBD_PRESET": "fc-fmnist", "RBD_DATA": str(idx_dir), "RBD_OUT": str(out),
             "RBD_ARGS": f"--val-size 64 --threads 1 {args}"}
+
+
+def reference_run(idx_dir, ref: Path, args: str) -> Path:
+    """The uninterrupted run on 2 ranks (mpiexec, no Slurm) that a preempted job must equal."""
+    proc = subprocess.run([venv_bin("mpiexec"), "-n", "2", venv_bin("rbd-hpc"), "train", "--preset",
+                           "fc-fmnist", "--data-dir", str(idx_dir), "--val-size", "64", "--threads",
+                           "1", *args.split(), "--out", str(ref), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return ref
 
 
 def final_theta(path: Path) -> np.ndarray:
@@ -119,6 +114,17 @@ def test_sbatch_rbd_resnet_script_with_small_overrides(slurm, idx_dir, tmp_path,
     assert proc.returncode == 0 and "verify: OK over 20 steps" in proc.stdout, proc.stdout
 
 
+def test_sweep_d_job_array(slurm, idx_dir, tmp_path):
+    env = {"RBD_DATA": str(idx_dir), "RBD_OUT_DIR": str(tmp_path), "RBD_D_VALUES": "8 16",
+           "RBD_ARGS": "--method rbd --steps 6 --val-size 64 --threads 1"}
+    job = sbatch("sweep_d.sh", env, "--array=0-1", f"--output={tmp_path}/%A_%a.out")
+    for task in ("0", "1"):
+        wait_gone(f"{job}_{task}")
+    for d in (8, 16):
+        with RunFile(tmp_path / f"d{d}.h5") as run:
+            assert run.committed == 6 and int(run.attrs["n_coefficients"]) == d
+
+
 def test_srun_without_pmi_is_refused(slurm, idx_dir):
     proc = subprocess.run(["srun", "-n", "2", "--mpi=none", venv_bin("rbd-hpc"), "train", "--data-dir",
                            str(idx_dir), "--val-size", "64", "--steps", "2"],
@@ -127,42 +133,24 @@ def test_srun_without_pmi_is_refused(slurm, idx_dir):
     assert "MPI world size 1 does not match SLURM_NTASKS=2" in proc.stderr
 
 
-def test_preemption_signal_requeues_and_resumes_bitwise(slurm, idx_dir, tmp_path):
-    args = "--steps 160 --d 200"
-    ref = tmp_path / "ref.h5"
-    proc = subprocess.run([venv_bin("mpiexec"), "-n", "2", venv_bin("rbd-hpc"), "train", "--preset",
-                           "fc-fmnist", "--data-dir", str(idx_dir), "--val-size", "64", "--threads",
-                           "1", *args.split(), "--out", str(ref), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "pre.h5"
+@pytest.mark.parametrize("how", ["warning-signal", "scontrol-requeue"])
+def test_interrupted_job_requeues_and_resumes_bitwise(slurm, idx_dir, tmp_path, how):
+    # the preemption warning (finish the step, commit, requeue) or an admin's hard requeue
+    # (the step is killed; the requeued job resumes from the last commit)
+    args = "--steps 160 --d 200" + (" --compartments layer" if how == "scontrol-requeue" else "")
+    ref = reference_run(idx_dir, tmp_path / "ref.h5", args)
+    out = tmp_path / "run.h5"
     job = sbatch("rbd_resnet.sh", tiny_env(idx_dir, out, args), "--ntasks=2",
                  f"--output={tmp_path}/%j.out")
-    wait_commits(out, 30)
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the warning signal
+    wait_for_commits(out, 30)
+    interrupt = (["scancel", "--batch", "--signal=USR1", job] if how == "warning-signal"
+                 else ["scontrol", "requeue", job])
+    subprocess.run(interrupt, check=True)
     wait_gone(job)
     log = (tmp_path / f"{job}.out").read_text()
-    assert "preempted after step" in log and "requeueing job" in log, log
+    if how == "warning-signal":
+        assert "preempted after step" in log and "requeueing job" in log, log
     assert "resuming" in log and "160 steps" in log, log
-    assert np.array_equal(final_theta(out), final_theta(ref))
-
-
-def test_scontrol_requeue_mid_run_resumes_bitwise(slurm, idx_dir, tmp_path):
-    args = "--steps 120 --d 200 --compartments layer"
-    ref = tmp_path / "ref.h5"
-    proc = subprocess.run([venv_bin("mpiexec"), "-n", "2", venv_bin("rbd-hpc"), "train", "--preset",
-                           "fc-fmnist", "--data-dir", str(idx_dir), "--val-size", "64", "--threads",
-                           "1", *args.split(), "--out", str(ref), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = tmp_path / "rq.h5"
-    job = sbatch("rbd_resnet.sh", tiny_env(idx_dir, out, args), "--ntasks=2",
-                 f"--output={tmp_path}/%j.out")
-    wait_commits(out, 20)
-    subprocess.run(["scontrol", "requeue", job], check=True)  # the admin's hard requeue
-    wait_gone(job)
-    log = (tmp_path / f"{job}.out").read_text()
-    assert "resuming" in log and "120 steps" in log, log
     assert np.array_equal(final_theta(out), final_theta(ref))
 
 
@@ -183,7 +171,7 @@ def test_submitit_preemption_checkpoints_and_resumes(slurm, idx_dir, tmp_path):
                                   data_dir=str(idx_dir))
     out = tmp_path / "ck.h5"
     job = submit(cfg, str(out), Cluster(tasks=2, backend="slurm"), folder=str(tmp_path / "logs"))
-    wait_commits(out, 30)
+    wait_for_commits(out, 30)
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # submitit's preempt signal
     t0 = time.monotonic()
     while job_field(job.job_id, "Restarts") in (None, "0") and time.monotonic() - t0 < 120:

@@ -35,7 +35,7 @@ class RandomBasesDescent:
 
     def __init__(self, compartments: list[Compartment], basis: Basis, comm,
                  mode: str = "shared", chunk_size: int = 50, redraw_every: int = 1,
-                 world_size: int | None = None):
+                 world_size: int | None = None, keep_in_memory: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
         self.compartments = compartments
@@ -48,13 +48,24 @@ class RandomBasesDescent:
         self.ranks = (world_size or comm.size) if mode == "per-rank" else 1
         self.directions_per_compartment = [c.d * self.ranks for c in compartments]
         self.n_coefficients = sum(self.directions_per_compartment)
+        # keep-in-memory: hold the materialised chunks while the key step does not change
+        # (FPD: the whole run; RBD with --redraw-every n: n steps). Costs 4·D·d bytes.
+        self.keep_in_memory = keep_in_memory
+        self._kept: tuple[int, list] | None = None
 
     def key_step(self, step: int) -> int:
         return step // self.redraw_every
 
     def _chunks(self, step: int):
-        return step_chunks(self.basis, self.compartments, self.key_step(step),
-                           self.directions_per_compartment, self.chunk_size)
+        key = self.key_step(step)
+        if not self.keep_in_memory:
+            return step_chunks(self.basis, self.compartments, key,
+                               self.directions_per_compartment, self.chunk_size)
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, list(step_chunks(self.basis, self.compartments, key,
+                                                self.directions_per_compartment, self.chunk_size,
+                                                reuse=False)))
+        return self._kept[1]
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float) -> StepResult:
         if self.mode == "shared":
