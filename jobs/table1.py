@@ -4,7 +4,8 @@
     python jobs/table1.py --epochs 100                 # the paper's length (days on 2 cores)
     python jobs/table1.py --epochs 1 --out runs/table1 # what docs/results.md reports
 
-Runs go through the submitit launcher (Slurm when it answers, else local processes) with
+Runs go through the submitit launcher (Slurm when it answers, else local processes, one
+thread each so that concurrent local jobs do not oversubscribe the cores) with
 the paper's hyperparameters (presets: batch 32, lr = base × 32, d = 250, no momentum).
 Existing run files are resumed, so re-running finishes only what is missing. Writes
 results.csv and results.md (our accuracy next to the paper's) into --out.
@@ -49,7 +50,7 @@ def main() -> None:
             cfgs.append(TrainConfig.from_preset(f"{model}-fmnist", method=method,
                                                 epochs=None if steps else args.epochs, steps=steps,
                                                 augment=args.augment or None,
-                                                data_dir=args.data_dir, threads=2))
+                                                data_dir=args.data_dir, threads=1))
         jobs = submit_array(cfgs, [str(out / f"{m}-{k}.h5") for m, k in cells],
                             Cluster(tasks=args.tasks, backend=args.backend, name="rbd-table1",
                                     time_min=24 * 60),
