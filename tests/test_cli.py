@@ -92,7 +92,9 @@ def test_bench_prints_ratios():
     lines = proc.stdout.splitlines()
     names = [line.split()[0] for line in lines[2:6]]
     assert names == ["sgd", "rbd-gaussian", "rbd-srht", "rbd-reference"]
-    assert float(lines[2].split()[-1]) == 1.0
+    assert float(lines[2].split()[-2]) == 1.0   # SGD ÷ SGD
+    assert float(lines[5].split()[-1]) == 1.0   # reference ÷ reference
+    assert float(lines[4].split()[-1]) < 1.0    # srht is cheaper than the reference
 
 
 def test_bench_bad_dist():
