@@ -73,6 +73,9 @@ CONF
 
 case "${1:-}" in
   start)
+    # a fresh cluster numbers its jobs from 1 again: stale MPICH segments left by killed steps
+    # of an earlier cluster would be attached by the new jobs of the same ids
+    find /dev/shm -maxdepth 1 -name 'mpich_shm_*' -uid "$(id -u)" -delete 2>/dev/null || true
     start_munge
     write_conf
     export SLURM_CONF="$CONF"
