@@ -87,6 +87,10 @@ class DenseChunk:
         self.indices = indices
         self.phi = phi
 
+    @property
+    def n_coefficients(self) -> int:
+        return len(self.indices)
+
     def project(self, g: torch.Tensor) -> torch.Tensor:
         return self.phi @ g
 
@@ -180,6 +184,11 @@ class SRHTChunk:
             self.rows.append(torch.from_numpy(rows).to(device))
         self.scale = 1.0 / math.sqrt(size)
         self.m = len(indices)
+
+    @property
+    def n_coefficients(self) -> int:
+        """One coefficient per direction of each of the ``count`` compartments."""
+        return self.count * self.m
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """Coefficients, compartment-major: (K·m,)."""

@@ -38,7 +38,7 @@ def perturbed_parameters(flat: FlatParameters, chunks: list, coordinates: list[t
 def coordinate_gradients(model: nn.Module, flat: FlatParameters, chunks: list, x: torch.Tensor,
                          y: torch.Tensor, loss_fn=nn.functional.cross_entropy):
     """(loss, coefficients) with the coefficients as dL/dc at c = 0, in chunk order."""
-    coords = [torch.zeros(len(chunk.indices) * getattr(chunk, "count", 1), dtype=flat.theta.dtype,
+    coords = [torch.zeros(chunk.n_coefficients, dtype=flat.theta.dtype,
                           device=flat.theta.device, requires_grad=True) for _, chunk in chunks]
     params = perturbed_parameters(flat, chunks, coords)
     buffers = dict(model.named_buffers())

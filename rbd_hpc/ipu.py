@@ -30,7 +30,7 @@ class CoordinateModel(nn.Module):
         super().__init__()
         self.model, self.flat, self.chunks = model, flat, chunks
         self.coordinates = nn.ParameterList(
-            nn.Parameter(torch.zeros(len(ch.indices) * getattr(ch, "count", 1))) for _, ch in chunks)
+            nn.Parameter(torch.zeros(ch.n_coefficients)) for _, ch in chunks)
 
     def forward(self, x, y):
         from torch.func import functional_call

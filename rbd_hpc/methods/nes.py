@@ -25,9 +25,14 @@ def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
     return ranks / max(n - 1, 1) - 0.5
 
 
+def share(n: int, rank: int, ranks: int) -> range:
+    """Rank ``rank``'s share of n directions: whole antithetic pairs, contiguous."""
+    pairs = n // 2
+    return range(2 * (pairs * rank // ranks), 2 * (pairs * (rank + 1) // ranks))
+
+
 class NES(RandomBasesDescent):
     name = "nes"
-    needs_loss = True
 
     def __init__(self, *args, sigma: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,13 +41,6 @@ class NES(RandomBasesDescent):
         if any(n % 2 for n in self.directions_per_compartment):
             raise ValueError("NES needs an even number of directions per compartment")
         self.sigma = sigma
-        self.nes_ranks = self.comm.size  # offspring are spread over the ranks
-        self.directions_per_compartment_base = list(self.directions_per_compartment)
-
-    def _own(self, n: int) -> range:
-        """This rank's share of n directions: whole antithetic pairs, contiguous."""
-        pairs, r, R = n // 2, self.comm.rank, self.comm.size
-        return range(2 * (pairs * r // R), 2 * (pairs * (r + 1) // R))
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
              loss_at: Callable[[], float] | None = None) -> StepResult:
@@ -50,7 +48,7 @@ class NES(RandomBasesDescent):
             raise ValueError("NES needs a loss closure")
         own_losses = []
         for comp, n in zip(self.compartments, self.directions_per_compartment):
-            mine = self._own(n)
+            mine = share(n, self.comm.rank, self.comm.size)
             span = slice(comp.start, comp.stop)
             saved = theta[span].clone()
             for chunk in self.basis.chunks(self.key_step(step), comp.index, comp.size, mine,
@@ -65,19 +63,18 @@ class NES(RandomBasesDescent):
 
     def _gather(self, own: torch.Tensor) -> torch.Tensor:
         """All offspring losses in direction-index order (shares differ by at most a pair)."""
-        sizes = [sum(len(range(2 * ((n // 2) * r // self.comm.size),
-                               2 * ((n // 2) * (r + 1) // self.comm.size)))
-                     for n in self.directions_per_compartment) for r in range(self.comm.size)]
+        R = self.comm.size
+        sizes = [sum(len(share(n, r, R)) for n in self.directions_per_compartment)
+                 for r in range(R)]
         padded = torch.zeros(max(sizes), dtype=torch.float32)
         padded[:own.numel()] = own
         table = self.comm.allgather(padded)
         # per rank: its losses compartment by compartment; reassemble per compartment
         parts = []
-        cursors = [0] * self.comm.size
+        cursors = [0] * R
         for n in self.directions_per_compartment:
-            for r in range(self.comm.size):
-                k = len(range(2 * ((n // 2) * r // self.comm.size),
-                              2 * ((n // 2) * (r + 1) // self.comm.size)))
+            for r in range(R):
+                k = len(share(n, r, R))
                 parts.append(table[r, cursors[r]:cursors[r] + k])
                 cursors[r] += k
         return torch.cat(parts)
@@ -88,6 +85,6 @@ def _rows(chunk):
     if hasattr(chunk, "phi"):
         yield from chunk.phi
         return
-    eye = torch.eye(len(chunk.indices) * getattr(chunk, "count", 1))
+    eye = torch.eye(chunk.n_coefficients)
     for e in eye:
         yield chunk.combine(e)

@@ -100,7 +100,7 @@ class RandomBasesDescent:
 
         def coefficients_for(span, chunk):
             lo = cursor[0]
-            cursor[0] += len(chunk.indices) * getattr(chunk, "count", 1)
+            cursor[0] += chunk.n_coefficients
             return coefficients[lo:cursor[0]]
         applied = apply_step(theta, self._chunks(step), lr, coefficients_for)
         if cursor[0] != coefficients.numel():
