@@ -164,7 +164,7 @@ class ResumePoint:
     state: np.ndarray
 
 
-def resume_point(run: RunFile, cfg: TrainConfig, method, has_buffers: bool) -> ResumePoint:
+def resume_point(run: RunFile, method, has_buffers: bool) -> ResumePoint:
     """The last state known exactly: the committed step (by replay) or the last snapshot."""
     from .replay import replay_to
 
@@ -173,9 +173,9 @@ def resume_point(run: RunFile, cfg: TrainConfig, method, has_buffers: bool) -> R
     target = run.committed if exact_rows else (int(snaps[-1]) if len(snaps) else 0)
     theta = replay_to(run, target, method=method) if exact_rows else None
     buffers = state = np.zeros(0)
-    if len(snaps) and int(snaps[snaps <= target].max(initial=-1)) >= 0:
-        i = int(np.nonzero(snaps <= target)[0][-1])
-        step, snap_theta, buffers, state = run.snapshot(i)
+    usable = np.nonzero(snaps <= target)[0]
+    if len(usable):  # buffers and method state come from the last snapshot at or before target
+        _, snap_theta, buffers, state = run.snapshot(int(usable[-1]))
         if theta is None:
             theta = snap_theta
     if theta is None:
@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     if resume:
         if is_root:
             existing = RunFile(out_path)
-            point = resume_point(existing, cfg, method, has_buffers)
+            point = resume_point(existing, method, has_buffers)
             theta0 = existing.theta0()
             payload = (point.steps_done, point.theta, point.buffers, point.state)
         else:
