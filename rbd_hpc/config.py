@@ -133,6 +133,10 @@ class TrainConfig:
             raise UserError(f"--lr {self.lr} must be a positive finite number")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
+        if self.momentum and self.method not in ("sgd", "rigl", "set", "static"):
+            raise UserError(f"--momentum {self.momentum} applies to sgd, rigl, set and static "
+                            f"only; --method {self.method} takes its step from the logged "
+                            "coefficients alone (replayable)")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
         _choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))
