@@ -9,17 +9,50 @@ thread each so that concurrent local jobs do not oversubscribe the cores) with
 the paper's hyperparameters (presets: batch 32, lr = base × 32, d = 250, no momentum).
 Existing run files are resumed, so re-running finishes only what is missing. Writes
 results.csv and results.md (our accuracy next to the paper's) into --out.
+
+    python jobs/table1.py --epochs 100 --methods rbd --set rbd.dist=srht \
+        --set rbd.compartments=layer --set rbd.schedule=cosine --label rbd-srht-layer
+
+--set [METHOD.]KEY=VALUE changes one TrainConfig field for every cell (or one method's
+cells); VALUE is read as JSON when it parses (2, 0.5, true), else as a string. --label
+names the run files and the method column so variants sit next to the paper-faithful rows.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
 from rbd_hpc.launch import Cluster, submit_array
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict]:
+    """['rbd.dist=srht', 'threads=2'] -> {'rbd': {'dist': 'srht', 'threads': 2}, 'sgd': {...}}."""
+    out: dict[str, dict] = {m: {} for m in methods}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method, dot, field = key.rpartition(".")
+        if not sep or not field:
+            raise UserError(f"--set {item!r} is not [METHOD.]KEY=VALUE")
+        if dot and method not in methods:
+            raise UserError(f"--set {item!r}: method {method!r} is not one of " + ", ".join(methods))
+        if field not in FIELDS:
+            raise UserError(f"--set {item!r}: {field!r} is not a config field; valid: "
+                            + ", ".join(sorted(FIELDS)))
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        for m in ([method] if dot else methods):
+            out[m][field] = value
+    return out
+
 
 PAPER = {  # test accuracy (%), Table 1, 100 epochs
     ("fc", "nes"): 45.0, ("fc", "fpd"): 77.3, ("fc", "rbd"): 85.65, ("fc", "sgd"): 87.32,
@@ -39,34 +72,40 @@ def main() -> None:
     p.add_argument("--out", default="runs/table1")
     p.add_argument("--backend", default="auto", choices=["auto", "slurm", "local"])
     p.add_argument("--tasks", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+                   help="override a config field (repeatable)")
+    p.add_argument("--label", help="suffix for run files and the method column of a variant")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = [(m, k) for m in args.models for k in args.methods]
+    suffix = f"-{args.label}" if args.label else ""
+    names = [f"{m}-{k}{suffix}" for m, k in cells]
     try:
+        sets = parse_sets(args.set, args.methods)
         cfgs = []
         for model, method in cells:
             steps = args.nes_steps if (method == "nes" and args.nes_steps) else None
-            cfgs.append(TrainConfig.from_preset(f"{model}-fmnist", method=method,
-                                                epochs=None if steps else args.epochs, steps=steps,
-                                                augment=args.augment or None,
-                                                data_dir=args.data_dir, threads=1))
-        jobs = submit_array(cfgs, [str(out / f"{m}-{k}.h5") for m, k in cells],
+            fields = dict(method=method, epochs=None if steps else args.epochs, steps=steps,
+                          augment=args.augment or None, data_dir=args.data_dir, threads=1)
+            fields.update(sets[method])
+            cfgs.append(TrainConfig.from_preset(f"{model}-fmnist", **fields))
+        jobs = submit_array(cfgs, [str(out / f"{n}.h5") for n in names],
                             Cluster(tasks=args.tasks, backend=args.backend, name="rbd-table1",
                                     time_min=24 * 60),
                             folder=str(out / "logs"),
-                            metrics=[str(out / f"{m}-{k}.jsonl") for m, k in cells])
+                            metrics=[str(out / f"{n}.jsonl") for n in names])
     except UserError as e:
         raise SystemExit(f"table1: error: {e}")
     for job in jobs:
         job.results()
     rows = []
-    for (model, method), cfg in zip(cells, cfgs):
-        last = json.loads((out / f"{model}-{method}.jsonl").read_text().splitlines()[-1])
-        rows.append({"model": model.upper() + "-FMNIST", "method": method.upper(),
+    for (model, method), name in zip(cells, names):
+        last = json.loads((out / f"{name}.jsonl").read_text().splitlines()[-1])
+        rows.append({"model": model.upper() + "-FMNIST", "method": method.upper() + suffix,
                      "epochs": last["epoch"], "test_acc": round(100 * last["test_acc"], 2),
                      "paper": PAPER[(model, method)], "ms_per_step": round(last["ms_per_step"], 2)})
-    with open(out / "results.csv", "w", newline="") as f:
+    with open(out / f"results{suffix}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -74,7 +113,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['method']} | {r['epochs']:g} | {r['test_acc']:.2f} | "
               f"{r['paper']:.2f} | {r['ms_per_step']:.2f} |" for r in rows]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / f"results{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

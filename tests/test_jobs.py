@@ -1,0 +1,49 @@
+"""jobs/table1.py end to end on small IDX files through the local submitit backend."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def table1(*args):
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "table1.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_table1_variant_rows_carry_the_overrides(tmp_path, idx_dir):
+    out = tmp_path / "t1"
+    proc = table1("--epochs", "1", "--models", "fc", "--methods", "rbd", "sgd",
+                  "--data-dir", idx_dir, "--backend", "local", "--out", out,
+                  "--set", "val_size=64", "--set", "rbd.dist=srht", "--set", "rbd.d=20",
+                  "--set", "rbd.compartments=layer", "--label", "v")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out / "fc-rbd-v.h5", "r") as f:
+        cfg = json.loads(f.attrs["config"])
+        assert f["steps/coefficients"].shape[1] == 20
+    assert (cfg["dist"], cfg["d"], cfg["compartments"], cfg["val_size"]) == ("srht", 20, "layer", 64)
+    with h5py.File(out / "fc-sgd-v.h5", "r") as f:
+        sgd = json.loads(f.attrs["config"])
+    assert (sgd["dist"], sgd["val_size"]) == ("gaussian", 64)  # rbd.* touched only rbd
+    rows = list(csv.DictReader(open(out / "results-v.csv")))
+    assert [r["method"] for r in rows] == ["RBD-v", "SGD-v"]
+    assert [float(r["paper"]) for r in rows] == [85.65, 87.32]
+    assert all(float(r["epochs"]) == 1 for r in rows)
+    assert "| FC-FMNIST | RBD-v | 1 |" in (out / "results-v.md").read_text()
+
+
+def test_table1_bad_set_is_one_line(tmp_path):
+    for bad, fragment in [(["--set", "rbd.colour=red"], "'colour' is not a config field"),
+                          (["--set", "adam.lr=1"], "method 'adam' is not one of nes, fpd, rbd, sgd"),
+                          (["--set", "lr"], "is not [METHOD.]KEY=VALUE"),
+                          (["--set", "rbd.dist=bernoulli"], "--dist 'bernoulli' is not valid")]:
+        proc = table1("--out", tmp_path / "t", "--backend", "local", *bad)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("table1: error:"), proc.stderr
+        assert fragment in lines[0], lines[0]
+        assert not list((tmp_path / "t").glob("*.h5"))
