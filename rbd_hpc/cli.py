@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--step", type=_int, help="stop after N steps (default: all committed)")
     r.add_argument("--out", help="write the weights to a .npz or .pt file")
     r.add_argument("--verify", action="store_true", help="compare with every stored snapshot")
+    r.add_argument("--threads", type=_int, help="torch threads (default: the run's --threads, "
+                   "so that BLAS sums in the same order as in training)")
 
     i = sub.add_parser("inspect", help="summarise a run file")
     i.add_argument("run")
@@ -188,13 +190,23 @@ def cmd_replay(args) -> int:
     from .replay import replay_to, save_weights, verify
     from .runlog import RunFile
 
+    import torch
+
+    from .config import TrainConfig
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be a positive integer")
     with RunFile(args.run) as run:
+        threads = args.threads or TrainConfig.from_json(run.config_json).threads
+        if threads:
+            torch.set_num_threads(threads)
         if args.verify:
             ok, worst, lines = verify(run)
             for line in lines:
                 print(line)
+            n = torch.get_num_threads()
             print(f"verify: {'OK' if ok else 'MISMATCH'} over {run.committed} steps, "
-                  f"{len(lines)} snapshots, max |diff| {worst:.3g}")
+                  f"{len(lines)} snapshots, max |diff| {worst:.3g} ({n} thread{'s' * (n > 1)})")
             if not ok:
                 return 1
         target = run.committed if args.step is None else args.step

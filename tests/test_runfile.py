@@ -41,7 +41,8 @@ def rbd_run(idx_dir, tmp_path_factory):
 def test_replay_reproduces_final_weights_bitwise(rbd_run, tmp_path):
     proc = run_cli("replay", rbd_run, "--verify", "--out", tmp_path / "w.npz")
     assert proc.returncode == 0, proc.stderr
-    assert "verify: OK over 45 steps, 6 snapshots, max |diff| 0" in proc.stdout
+    # replay takes the run's --threads 1 by default, so BLAS sums in the training order
+    assert "verify: OK over 45 steps, 6 snapshots, max |diff| 0 (1 thread)" in proc.stdout
     weights = np.load(tmp_path / "w.npz")
     assert sorted(weights.files) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
     assert weights["fc1.weight"].shape == (128, 784)
@@ -72,6 +73,15 @@ def test_two_rank_run_replays_bitwise(idx_dir, tmp_path):
     proc = run_cli("replay", out, "--verify")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "verify: OK over 20 steps" in proc.stdout
+
+
+def test_replay_threads_override_and_bad_value(rbd_run):
+    # bitwise equality is promised only at the training thread count, so only the count is checked
+    proc = run_cli("replay", rbd_run, "--verify", "--threads", "2")
+    assert proc.stdout.strip().endswith("(2 threads)"), proc.stdout
+    proc = run_cli("replay", rbd_run, "--threads", "0")
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "rbd-hpc: error: --threads 0 must be a positive integer", proc.stderr
 
 
 def test_inspect(rbd_run):
