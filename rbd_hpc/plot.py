@@ -12,6 +12,26 @@ from pathlib import Path
 from .errors import UserError
 
 
+def run_label(cfg: dict) -> str:
+    """A legend label that tells apart runs differing in method, basis or optimiser settings."""
+    if cfg["method"] in ("sgd", "rigl", "set", "static"):
+        label = f"{cfg['method']} {cfg['model']}"
+        if cfg["method"] != "sgd":
+            label += f" sparsity {cfg['sparsity']}"
+    else:
+        label = f"{cfg['method']} {cfg['model']} d={cfg['d']} {cfg['dist']}"
+        if cfg.get("compartments", "network") != "network":
+            label += f" {cfg['compartments']}"
+    label += f" lr {cfg['lr']:g}"
+    if cfg.get("schedule", "constant") != "constant":
+        label += f" {cfg['schedule']}"
+    if cfg.get("momentum"):
+        label += f" mom {cfg['momentum']:g}"
+    if cfg.get("augment"):
+        label += " aug"
+    return label
+
+
 def load_runs(paths: list[str]) -> list[dict]:
     from .runlog import RunFile
 
@@ -28,16 +48,7 @@ def load_runs(paths: list[str]) -> list[dict]:
             with RunFile(path) as run:
                 cfg = json.loads(run.config_json)
                 rows = run.metrics()
-            if cfg["method"] in ("sgd", "rigl", "set", "static"):
-                label = f"{cfg['method']} {cfg['model']}"
-                if cfg["method"] != "sgd":
-                    label += f" sparsity {cfg['sparsity']}"
-            else:
-                label = f"{cfg['method']} {cfg['model']} d={cfg['d']} {cfg['dist']}"
-            if cfg["method"] not in ("sgd", "rigl", "set", "static") and \
-                    cfg.get("compartments", "network") != "network":
-                label += f" {cfg['compartments']}"
-            runs.append({"label": label, "rows": rows, "config": cfg})
+            runs.append({"label": run_label(cfg), "rows": rows, "config": cfg})
         if not runs[-1]["rows"]:
             raise UserError(f"{path} holds no evaluated epochs yet")
     return runs

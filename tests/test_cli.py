@@ -121,3 +121,17 @@ def test_plot_bad_input(tmp_path):
     bad = tmp_path / "x.jsonl"
     bad.write_text("{not json")
     assert_user_error(run_cli("plot", bad), "cannot read metrics file")
+
+
+def test_plot_labels_tell_runs_apart():
+    from rbd_hpc.config import TrainConfig
+    from rbd_hpc.plot import run_label
+
+    def label(**kw):
+        return run_label(json.loads(TrainConfig.from_preset("fc-fmnist", epochs=1, **kw).to_json()))
+
+    assert label(dist="srht") == "rbd fc d=250 srht lr 0.5"
+    assert label(dist="srht", lr=4, schedule="cosine", compartments="layer") == \
+        "rbd fc d=250 srht layer lr 4 cosine"
+    assert label(method="sgd", momentum=0.9, lr=0.01, augment=True) == "sgd fc lr 0.01 mom 0.9 aug"
+    assert label(method="rigl", sparsity=0.9) == "rigl fc sparsity 0.9 lr 0.25"
