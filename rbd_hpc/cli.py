@@ -187,12 +187,11 @@ def cmd_train(args, comm) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .replay import replay_to, save_weights, verify
-    from .runlog import RunFile
-
     import torch
 
     from .config import TrainConfig
+    from .replay import replay_to, save_weights, verify
+    from .runlog import RunFile
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads} must be a positive integer")

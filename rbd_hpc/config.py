@@ -16,6 +16,8 @@ from .compartments import segments
 from .errors import UserError
 
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
+# methods that step along the full gradient (no coefficients logged, not replayable)
+GRADIENT_METHODS = ("sgd", "rigl", "set", "static")
 MODES = ("shared", "per-rank")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("cpu", "cuda", "ipu")
@@ -48,7 +50,7 @@ def base_lr(model: str, dataset: str, method: str) -> float:
     rates = BASE_LR.get((model, dataset), BASE_LR[("cnn", dataset)] if model != "fc"
                         else BASE_LR[("fc", dataset)])
     # FPD and NES use RBD's rate; the sparse methods are SGD on masked weights
-    return rates["sgd" if method in ("sgd", "rigl", "set", "static") else "rbd"]
+    return rates["sgd" if method in GRADIENT_METHODS else "rbd"]
 
 
 def _choice(flag: str, value, valid) -> None:
@@ -133,7 +135,7 @@ class TrainConfig:
             raise UserError(f"--lr {self.lr} must be a positive finite number")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
-        if self.momentum and self.method not in ("sgd", "rigl", "set", "static"):
+        if self.momentum and self.method not in GRADIENT_METHODS:
             raise UserError(f"--momentum {self.momentum} applies to sgd, rigl, set and static "
                             f"only; --method {self.method} takes its step from the logged "
                             "coefficients alone (replayable)")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import GRADIENT_METHODS
 from .errors import UserError
 
 
 def run_label(cfg: dict) -> str:
     """A legend label that tells apart runs differing in method, basis or optimiser settings."""
-    if cfg["method"] in ("sgd", "rigl", "set", "static"):
+    if cfg["method"] in GRADIENT_METHODS:
         label = f"{cfg['method']} {cfg['model']}"
         if cfg["method"] != "sgd":
             label += f" sparsity {cfg['sparsity']}"
@@ -83,7 +84,7 @@ def plot(paths: list[str], out_dir: str) -> list[Path]:
     groups: dict[str, list[tuple[int, float]]] = {}
     for r in runs:
         c = r["config"]
-        if c and c["method"] not in ("sgd", "rigl", "set", "static"):
+        if c and c["method"] not in GRADIENT_METHODS:
             key = f"{c['method']} {c['model']} {c['dist']} {c.get('compartments', 'network')}"
             groups.setdefault(key, []).append((c["d"], 100 * r["rows"][-1]["test_acc"]))
     fig, ax = plt.subplots(figsize=(6, 4))
