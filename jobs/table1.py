@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
 from rbd_hpc.launch import Cluster, submit_array
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+FIELDS = TrainConfig.field_names()
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict]:

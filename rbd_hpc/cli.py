@@ -189,12 +189,11 @@ def cmd_train(args, comm) -> int:
 def cmd_replay(args) -> int:
     import torch
 
-    from .config import TrainConfig
+    from .config import TrainConfig, _positive
     from .replay import replay_to, save_weights, verify
     from .runlog import RunFile
 
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads {args.threads} must be a positive integer")
+    _positive("--threads", args.threads, allow_none=True)  # the rule train applies to --threads
     with RunFile(args.run) as run:
         threads = args.threads or TrainConfig.from_json(run.config_json).threads
         if threads:

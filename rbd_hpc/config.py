@@ -136,9 +136,10 @@ class TrainConfig:
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
         if self.momentum and self.method not in GRADIENT_METHODS:
-            raise UserError(f"--momentum {self.momentum} applies to sgd, rigl, set and static "
-                            f"only; --method {self.method} takes its step from the logged "
-                            "coefficients alone (replayable)")
+            applies = ", ".join(GRADIENT_METHODS[:-1]) + " and " + GRADIENT_METHODS[-1]
+            raise UserError(f"--momentum {self.momentum} applies to {applies} only; --method "
+                            f"{self.method} takes its step from the logged coefficients alone "
+                            "(replayable)")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
         _choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))
@@ -168,10 +169,13 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - cls.field_names())
         if unknown:
             raise UserError(f"run file config has unknown keys {unknown}; it was written by a "
                             "newer rbd-hpc")

@@ -81,7 +81,7 @@ def test_replay_threads_override_and_bad_value(rbd_run):
     assert proc.stdout.strip().endswith("(2 threads)"), proc.stdout
     proc = run_cli("replay", rbd_run, "--threads", "0")
     assert proc.returncode == 2 and proc.stderr.strip() == \
-        "rbd-hpc: error: --threads 0 must be a positive integer", proc.stderr
+        "rbd-hpc: error: --threads 0 must be a positive number", proc.stderr
 
 
 def test_inspect(rbd_run):
