@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--normalize", help="expected (E‖φ‖²=1, default) or exact (‖φ‖=1)")
     t.add_argument("--antithetic", action="store_true", default=None, help="directions in pairs (φ, −φ)")
     t.add_argument("--compartments", help="network, layer or block:N")
+    t.add_argument("--allocate", help="split --d over compartments by size (default), sqrt or equal")
     t.add_argument("--redraw-every", type=_int, help="redraw directions every n steps (RBD)")
     t.add_argument("--chunk", type=_int, help="directions generated per chunk")
     t.add_argument("--keep-in-memory", action="store_true", default=None,
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
-              "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "schedule",
+              "allocate", "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "schedule",
               "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
               "device", "threads", "keep_in_memory", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
 

@@ -5,11 +5,13 @@ Pure functions over parameter names and sizes: no torch, no MPI.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from .errors import UserError
 
 SCHEMES = ("network", "layer", "block:N")
+ALLOCATIONS = ("size", "sqrt", "equal")   # d_k ∝ D_k, ∝ √D_k, or the same for every compartment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,22 +29,37 @@ class Compartment:
         return self.stop - self.start
 
 
-def split_d(sizes: list[int], d_total: int) -> list[int]:
-    """Split ``d_total`` directions over compartments in proportion to their sizes.
+def _weights(sizes: list[int], allocate: str) -> list[float]:
+    if allocate == "size":
+        return [float(n) for n in sizes]
+    if allocate == "sqrt":
+        return [math.sqrt(n) for n in sizes]
+    if allocate == "equal":
+        return [1.0] * len(sizes)
+    raise UserError(f"--allocate {allocate!r} is not valid; choose one of: " + ", ".join(ALLOCATIONS))
 
+
+def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]:
+    """Split ``d_total`` directions over compartments by a rule on their sizes.
+
+    ``size``: in proportion to D_k (every parameter equally likely to be covered);
+    ``sqrt``: in proportion to √D_k; ``equal``: the same number each. Small compartments
+    get a larger share of their own dimensions under ``sqrt`` and ``equal``, so a larger
+    effective step (the step along compartment k scales with d_k / D_k).
     Largest-remainder rounding; every compartment gets at least one direction and at
     most its own size. The result sums to ``d_total`` exactly.
     """
     k = len(sizes)
+    weights = _weights(sizes, allocate)
     if d_total < k:
         raise UserError(f"--d {d_total} is smaller than the number of compartments ({k}); "
                         f"use --d >= {k} or fewer compartments")
     if d_total > sum(sizes):
         raise UserError(f"--d {d_total} exceeds the number of parameters ({sum(sizes)})")
-    total = sum(sizes)
-    # one direction each, the rest in proportion to size (largest remainder)
+    total = sum(weights)
+    # one direction each, the rest by weight (largest remainder)
     rest = d_total - k
-    quotas = [rest * s / total for s in sizes]
+    quotas = [rest * w / total for w in weights]
     alloc = [1 + int(q) for q in quotas]
     order = sorted(range(k), key=lambda i: (-(quotas[i] - int(quotas[i])), i))
     short = d_total - sum(alloc)
@@ -97,8 +114,9 @@ def segments(param_sizes: list[tuple[str, int]], scheme: str) -> list[tuple[str,
 
 def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
                        d_total: int | None = None,
-                       d_per_compartment: int | None = None) -> list[Compartment]:
-    """Compartments with their d: either ``d_total`` split by size or ``d_per_compartment`` each."""
+                       d_per_compartment: int | None = None,
+                       allocate: str = "size") -> list[Compartment]:
+    """Compartments with their d: ``d_total`` split by ``allocate`` or ``d_per_compartment`` each."""
     segs = segments(param_sizes, scheme)
     sizes = [stop - start for _, start, stop in segs]
     if d_per_compartment is not None:
@@ -112,7 +130,7 @@ def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
     else:
         if d_total is None or d_total <= 0:
             raise UserError(f"--d {d_total} must be a positive integer")
-        ds = split_d(sizes, d_total)
+        ds = split_d(sizes, d_total, allocate)
     return [Compartment(i, start, stop, d, name)
             for i, ((name, start, stop), d) in enumerate(zip(segs, ds))]
 

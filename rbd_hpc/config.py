@@ -12,7 +12,7 @@ import json
 import math
 
 from .bases import DISTRIBUTIONS, NORMALIZATIONS, BasisConfig
-from .compartments import segments
+from .compartments import ALLOCATIONS, segments
 from .errors import UserError
 
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
@@ -79,6 +79,7 @@ class TrainConfig:
     normalize: str = "expected"
     antithetic: bool = False
     compartments: str = "network"
+    allocate: str = "size"             # how --d is split over compartments: size, sqrt, equal
     redraw_every: int = 1
     chunk: int = 50
     epochs: int | None = 1
@@ -118,6 +119,7 @@ class TrainConfig:
         _choice("--schedule", self.schedule, SCHEDULES)
         _choice("--device", self.device, DEVICES)
         segments([("x", 1)], self.compartments)  # validates the scheme's spelling
+        _choice("--allocate", self.allocate, ALLOCATIONS)
         _positive("--d", self.d)
         _positive("--d-per-compartment", self.d_per_compartment, allow_none=True)
         _positive("--redraw-every", self.redraw_every)

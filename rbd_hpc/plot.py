@@ -20,9 +20,15 @@ def run_label(cfg: dict) -> str:
         if cfg["method"] != "sgd":
             label += f" sparsity {cfg['sparsity']}"
     else:
-        label = f"{cfg['method']} {cfg['model']} d={cfg['d']} {cfg['dist']}"
+        if cfg.get("d_per_compartment"):
+            d = f"{cfg['d_per_compartment']}/compartment"
+        else:
+            d = cfg["d"]
+        label = f"{cfg['method']} {cfg['model']} d={d} {cfg['dist']}"
         if cfg.get("compartments", "network") != "network":
             label += f" {cfg['compartments']}"
+            if cfg.get("allocate", "size") != "size" and not cfg.get("d_per_compartment"):
+                label += f" {cfg['allocate']}"
     label += f" lr {cfg['lr']:g}"
     if cfg.get("schedule", "constant") != "constant":
         label += f" {cfg['schedule']}"

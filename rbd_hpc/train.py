@@ -62,7 +62,8 @@ def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, 
             offset += n
         return SparseTraining(cfg.method, layers, comm, cfg.seed, cfg.sparsity, cfg.sparsity_dist,
                               total_steps, cfg.momentum, cfg.mask_every, cfg.drop_fraction), []
-    compartments = build_compartments(named_sizes, cfg.compartments, cfg.d, cfg.d_per_compartment)
+    compartments = build_compartments(named_sizes, cfg.compartments, cfg.d, cfg.d_per_compartment,
+                                      cfg.allocate)
     if cfg.method == "nes":
         odd = [c for c in compartments if c.d % 2]
         if odd:

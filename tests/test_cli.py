@@ -27,6 +27,7 @@ def assert_user_error(proc, *fragments):
     (["--d", "200000"], ["--d 200000 exceeds the number of parameters (101770)"]),
     (["--d-per-compartment", "2000", "--compartments", "layer"], ["larger than compartment 'fc2'"]),
     (["--compartments", "rows"], ["--compartments 'rows'", "network, layer, block:N"]),
+    (["--allocate", "even"], ["--allocate 'even'", "size, sqrt, equal"]),
     (["--mode", "both"], ["--mode 'both'", "shared, per-rank"]),
     (["--d", "ten"], ["invalid integer 'ten'"]),
     (["--lr", "-1"], ["--lr -1.0 must be a positive"]),
@@ -133,5 +134,8 @@ def test_plot_labels_tell_runs_apart():
     assert label(dist="srht") == "rbd fc d=250 srht lr 0.5"
     assert label(dist="srht", lr=4, schedule="cosine", compartments="layer") == \
         "rbd fc d=250 srht layer lr 4 cosine"
+    assert label(dist="srht", compartments="layer", allocate="equal") == "rbd fc d=250 srht layer equal lr 0.5"
+    assert label(dist="srht", compartments="layer", d_per_compartment=125) == \
+        "rbd fc d=125/compartment srht layer lr 0.5"
     assert label(method="sgd", momentum=0.9, lr=0.01, augment=True) == "sgd fc lr 0.01 mom 0.9 aug"
     assert label(method="rigl", sparsity=0.9) == "rigl fc sparsity 0.9 lr 0.25"

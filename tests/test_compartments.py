@@ -12,6 +12,26 @@ def test_split_d_sums_and_is_proportional():
     assert split_d([10, 10, 10], 3) == [1, 1, 1]
 
 
+CNN_LAYERS = [320, 18496, 36928, 36928, 650]
+
+
+def test_split_d_allocation_rules():
+    assert split_d([100480, 1290], 250, "sqrt") == [224, 26]
+    assert split_d([100480, 1290], 250, "equal") == [125, 125]
+    assert split_d(CNN_LAYERS, 250) == [2, 49, 98, 98, 3]
+    assert split_d(CNN_LAYERS, 250, "sqrt") == [9, 60, 85, 84, 12]
+    assert split_d(CNN_LAYERS, 250, "equal") == [50] * 5
+    # equal shares that do not fit a small compartment go to the largest ones
+    assert split_d([3, 1000, 500], 30, "equal") == [3, 17, 10]
+    with pytest.raises(UserError, match="--allocate 'even' is not valid; choose one of: size, sqrt, equal"):
+        split_d([10, 10], 4, "even")
+
+
+def test_allocation_reaches_the_compartments():
+    comps = build_compartments(FC, "layer", d_total=250, allocate="sqrt")
+    assert [(c.name, c.d) for c in comps] == [("fc1", 224), ("fc2", 26)]
+
+
 def test_split_d_caps_at_compartment_size():
     alloc = split_d([2, 1000], 500)
     assert alloc[0] <= 2 and sum(alloc) == 500

@@ -34,7 +34,7 @@ def final_theta(path) -> np.ndarray:
 def rbd_run(idx_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "rbd.h5"
     train(idx_dir, out, "--steps", "45", "--d", "24", "--snapshot-every", "10",
-          "--compartments", "layer")
+          "--compartments", "layer", "--allocate", "sqrt")
     return out
 
 
@@ -43,6 +43,8 @@ def test_replay_reproduces_final_weights_bitwise(rbd_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     # replay takes the run's --threads 1 by default, so BLAS sums in the training order
     assert "verify: OK over 45 steps, 6 snapshots, max |diff| 0 (1 thread)" in proc.stdout
+    with RunFile(rbd_run) as run:  # the sqrt rule, not the default by-size split (which is 23 / 1)
+        assert [(c["name"], c["d"]) for c in run.layout["compartments"]] == [("fc1", 21), ("fc2", 3)]
     weights = np.load(tmp_path / "w.npz")
     assert sorted(weights.files) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
     assert weights["fc1.weight"].shape == (128, 784)
