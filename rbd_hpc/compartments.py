@@ -11,7 +11,9 @@ import re
 from .errors import UserError
 
 SCHEMES = ("network", "layer", "block:N")
-ALLOCATIONS = ("size", "sqrt", "equal")   # d_k ∝ D_k, ∝ √D_k, or the same for every compartment
+# how --d is split: d_k ∝ D_k, ∝ √D_k, or the same for every compartment
+_WEIGHT = {"size": float, "sqrt": math.sqrt, "equal": lambda n: 1.0}
+ALLOCATIONS = tuple(_WEIGHT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +32,9 @@ class Compartment:
 
 
 def _weights(sizes: list[int], allocate: str) -> list[float]:
-    if allocate == "size":
-        return [float(n) for n in sizes]
-    if allocate == "sqrt":
-        return [math.sqrt(n) for n in sizes]
-    if allocate == "equal":
-        return [1.0] * len(sizes)
-    raise UserError(f"--allocate {allocate!r} is not valid; choose one of: " + ", ".join(ALLOCATIONS))
+    if allocate not in _WEIGHT:
+        raise UserError(f"--allocate {allocate!r} is not valid; choose one of: " + ", ".join(ALLOCATIONS))
+    return [_WEIGHT[allocate](n) for n in sizes]
 
 
 def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]:
