@@ -1,7 +1,8 @@
 """``rbd-hpc plot``: PNGs from run files (.h5) or metrics files (.jsonl).
 
   val_acc_vs_epoch.png   validation accuracy against epoch, one line per run (paper Fig. 3)
-  acc_vs_d.png           final test accuracy against d, one line per method/basis
+  acc_vs_d.png           final test accuracy against d, one line per set of runs that
+                         differ only in d
   cost_per_step.png      ms per step and bytes handed to MPI per step, per run
 """
 from __future__ import annotations
@@ -13,21 +14,27 @@ from .config import GRADIENT_METHODS
 from .errors import UserError
 
 
-def run_label(cfg: dict) -> str:
-    """A legend label that tells apart runs differing in method, basis or optimiser settings."""
+def run_label(cfg: dict, with_d: bool = True) -> str:
+    """A legend label that tells apart runs differing in method, basis or optimiser settings.
+
+    ``with_d=False`` leaves the number of directions out: runs whose labels then agree are
+    points of one line in the accuracy-against-d figure.
+    """
     if cfg["method"] in GRADIENT_METHODS:
         label = f"{cfg['method']} {cfg['model']}"
         if cfg["method"] != "sgd":
             label += f" sparsity {cfg['sparsity']}"
     else:
-        if cfg.get("d_per_compartment"):
-            d = f"{cfg['d_per_compartment']}/compartment"
-        else:
-            d = cfg["d"]
-        label = f"{cfg['method']} {cfg['model']} d={d} {cfg['dist']}"
+        per_compartment = cfg.get("d_per_compartment")
+        label = f"{cfg['method']} {cfg['model']}"
+        if with_d:
+            label += f" d={per_compartment}/compartment" if per_compartment else f" d={cfg['d']}"
+        label += f" {cfg['dist']}"
         if cfg.get("compartments", "network") != "network":
             label += f" {cfg['compartments']}"
-            if cfg.get("allocate", "size") != "size" and not cfg.get("d_per_compartment"):
+            if per_compartment and not with_d:
+                label += " same d per compartment"
+            elif cfg.get("allocate", "size") != "size" and not per_compartment:
                 label += f" {cfg['allocate']}"
     label += f" lr {cfg['lr']:g}"
     if cfg.get("schedule", "constant") != "constant":
@@ -55,10 +62,23 @@ def load_runs(paths: list[str]) -> list[dict]:
             with RunFile(path) as run:
                 cfg = json.loads(run.config_json)
                 rows = run.metrics()
-            runs.append({"label": run_label(cfg), "rows": rows, "config": cfg})
+                directions = int(run.attrs["n_coefficients"])  # all compartments and ranks
+            runs.append({"label": run_label(cfg), "rows": rows, "config": cfg, "directions": directions})
         if not runs[-1]["rows"]:
             raise UserError(f"{path} holds no evaluated epochs yet")
     return runs
+
+
+def accuracy_against_d(runs: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Final test accuracy (%) by directions per step, one sorted list per set of runs that
+    differ only in d. Gradient methods and metrics-only runs have no d and are left out."""
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for r in runs:
+        c = r["config"]
+        if c and c["method"] not in GRADIENT_METHODS:
+            groups.setdefault(run_label(c, with_d=False), []).append(
+                (r["directions"], 100 * r["rows"][-1]["test_acc"]))
+    return {key: sorted(pts) for key, pts in groups.items()}
 
 
 def plot(paths: list[str], out_dir: str) -> list[Path]:
@@ -87,15 +107,9 @@ def plot(paths: list[str], out_dir: str) -> list[Path]:
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
 
-    groups: dict[str, list[tuple[int, float]]] = {}
-    for r in runs:
-        c = r["config"]
-        if c and c["method"] not in GRADIENT_METHODS:
-            key = f"{c['method']} {c['model']} {c['dist']} {c.get('compartments', 'network')}"
-            groups.setdefault(key, []).append((c["d"], 100 * r["rows"][-1]["test_acc"]))
+    groups = accuracy_against_d(runs)
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, pts in groups.items():
-        pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
     ax.set(xlabel="d (directions per step)", ylabel="test accuracy (%)", xscale="log",
            title="Accuracy against d")

@@ -104,11 +104,16 @@ def test_bench_bad_dist():
 
 
 def test_plot_writes_pngs(tmp_path, idx_dir):
+    from rbd_hpc.plot import accuracy_against_d, load_runs
+
+    variants = {"sgd": ["--method", "sgd"], "rbd20": ["--d", "20"], "rbd40": ["--d", "40"],
+                "rbd20-lr1": ["--d", "20", "--lr", "1"],
+                "rbd-layer10": ["--compartments", "layer", "--d-per-compartment", "10"]}
     runs = []
-    for method in ("rbd", "sgd"):
-        out = tmp_path / f"{method}.h5"
-        proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2", "--d", "20",
-                       "--method", method, "--out", out, "--no-progress")
+    for name, args in variants.items():
+        out = tmp_path / f"{name}.h5"
+        proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2", *args,
+                       "--out", out, "--no-progress")
         assert proc.returncode == 0, proc.stderr
         runs.append(out)
     proc = run_cli("plot", *runs, "--out", tmp_path / "plots")
@@ -116,6 +121,19 @@ def test_plot_writes_pngs(tmp_path, idx_dir):
     for name in ("val_acc_vs_epoch.png", "acc_vs_d.png", "cost_per_step.png"):
         data = (tmp_path / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+    # one line per set of runs differing only in d; x is the directions actually used per step
+    # (the layer run has --d 250 in its config but 2 compartments × 10 directions)
+    loaded = load_runs(runs)
+    acc = {name: 100 * r["rows"][-1]["test_acc"] for name, r in zip(variants, loaded)}
+    groups = accuracy_against_d(loaded)
+    lr = loaded[1]["config"]["lr"]
+    assert lr != 1
+    assert groups == {
+        f"rbd fc gaussian lr {lr:g}": [(20, acc["rbd20"]), (40, acc["rbd40"])],
+        "rbd fc gaussian lr 1": [(20, acc["rbd20-lr1"])],
+        f"rbd fc gaussian layer same d per compartment lr {lr:g}": [(20, acc["rbd-layer10"])],
+    }
 
 
 def test_plot_bad_input(tmp_path):
