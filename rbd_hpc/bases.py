@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import require_choice
 from .seeds import Stream, derive_seeds, random_words
 
 DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht")
@@ -36,12 +36,8 @@ class BasisConfig:
     antithetic: bool = False
 
     def __post_init__(self):
-        if self.dist not in DISTRIBUTIONS:
-            raise UserError(f"--dist {self.dist!r} is not valid; choose one of: "
-                            + ", ".join(DISTRIBUTIONS))
-        if self.normalize not in NORMALIZATIONS:
-            raise UserError(f"--normalize {self.normalize!r} is not valid; choose one of: "
-                            + ", ".join(NORMALIZATIONS))
+        require_choice("--dist", self.dist, DISTRIBUTIONS)
+        require_choice("--normalize", self.normalize, NORMALIZATIONS)
 
 
 def _key_and_sign(indices: range, antithetic: bool):

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from .errors import UserError
+from .errors import UserError, require_choice, require_positive
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -190,11 +190,11 @@ def cmd_train(args, comm) -> int:
 def cmd_replay(args) -> int:
     import torch
 
-    from .config import TrainConfig, _positive
+    from .config import TrainConfig
     from .replay import replay_to, save_weights, verify
     from .runlog import RunFile
 
-    _positive("--threads", args.threads, allow_none=True)  # the rule train applies to --threads
+    require_positive("--threads", args.threads, allow_none=True)  # the rule train applies to --threads
     with RunFile(args.run) as run:
         threads = args.threads or TrainConfig.from_json(run.config_json).threads
         if threads:
@@ -237,14 +237,11 @@ def cmd_bench(args) -> int:
     dists = tuple(x for x in args.dist.split(",") if x)
     comps = tuple(x for x in args.compartments.split(",") if x)
     for dist in dists:
-        if dist not in DISTRIBUTIONS:
-            raise UserError(f"--dist {dist!r} is not valid; choose from: " + ", ".join(DISTRIBUTIONS))
+        require_choice("--dist", dist, DISTRIBUTIONS)
     for comp in comps:
         segments([("x", 1)], comp)
-    if args.model not in MODELS:
-        raise UserError(f"--model {args.model!r} is not valid; choose one of: " + ", ".join(MODELS))
-    if args.dataset not in SHAPES:
-        raise UserError(f"--dataset {args.dataset!r} is not valid; choose one of: " + ", ".join(SHAPES))
+    require_choice("--model", args.model, MODELS)
+    require_choice("--dataset", args.dataset, tuple(SHAPES))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,

@@ -8,7 +8,7 @@ import dataclasses
 import math
 import re
 
-from .errors import UserError
+from .errors import UserError, require_choice, require_positive
 
 SCHEMES = ("network", "layer", "block:N")
 # how --d is split: d_k ∝ D_k, ∝ √D_k, or the same for every compartment
@@ -32,8 +32,7 @@ class Compartment:
 
 
 def _weights(sizes: list[int], allocate: str) -> list[float]:
-    if allocate not in _WEIGHT:
-        raise UserError(f"--allocate {allocate!r} is not valid; choose one of: " + ", ".join(ALLOCATIONS))
+    require_choice("--allocate", allocate, ALLOCATIONS)
     return [_WEIGHT[allocate](n) for n in sizes]
 
 
@@ -106,8 +105,7 @@ def segments(param_sizes: list[tuple[str, int]], scheme: str) -> list[tuple[str,
             raise UserError(f"--compartments {scheme}: block size must be positive")
         return [(f"block{i}", s, min(s + size, total))
                 for i, s in enumerate(range(0, total, size))]
-    raise UserError(f"--compartments {scheme!r} is not valid; choose one of: "
-                    + ", ".join(SCHEMES))
+    require_choice("--compartments", scheme, SCHEMES)
 
 
 def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
@@ -118,16 +116,14 @@ def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
     segs = segments(param_sizes, scheme)
     sizes = [stop - start for _, start, stop in segs]
     if d_per_compartment is not None:
-        if d_per_compartment <= 0:
-            raise UserError(f"--d-per-compartment {d_per_compartment} must be positive")
+        require_positive("--d-per-compartment", d_per_compartment)
         small = [(n, s) for (n, _, _), s in zip(segs, sizes) if s < d_per_compartment]
         if small:
             raise UserError(f"--d-per-compartment {d_per_compartment} is larger than compartment "
                             f"{small[0][0]!r} ({small[0][1]} parameters)")
         ds = [d_per_compartment] * len(segs)
     else:
-        if d_total is None or d_total <= 0:
-            raise UserError(f"--d {d_total} must be a positive integer")
+        require_positive("--d", d_total)
         ds = split_d(sizes, d_total, allocate)
     return [Compartment(i, start, stop, d, name)
             for i, ((name, start, stop), d) in enumerate(zip(segs, ds))]

@@ -13,7 +13,7 @@ import math
 
 from .bases import DISTRIBUTIONS, NORMALIZATIONS, BasisConfig
 from .compartments import ALLOCATIONS, segments
-from .errors import UserError
+from .errors import UserError, require_choice, require_positive
 
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
 # methods that step along the full gradient (no coefficients logged, not replayable)
@@ -51,18 +51,6 @@ def base_lr(model: str, dataset: str, method: str) -> float:
                         else BASE_LR[("fc", dataset)])
     # FPD and NES use RBD's rate; the sparse methods are SGD on masked weights
     return rates["sgd" if method in GRADIENT_METHODS else "rbd"]
-
-
-def _choice(flag: str, value, valid) -> None:
-    if value not in valid:
-        raise UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(valid))
-
-
-def _positive(flag: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise UserError(f"{flag} {value} must be a positive number")
 
 
 @dataclasses.dataclass
@@ -109,28 +97,28 @@ class TrainConfig:
         from .models import MODELS
 
         if self.preset is not None:
-            _choice("--preset", self.preset, tuple(PRESETS))
-        _choice("--model", self.model, MODELS)
-        _choice("--dataset", self.dataset, DATASETS)
-        _choice("--method", self.method, METHODS)
-        _choice("--dist", self.dist, DISTRIBUTIONS)
-        _choice("--normalize", self.normalize, NORMALIZATIONS)
-        _choice("--mode", self.mode, MODES)
-        _choice("--schedule", self.schedule, SCHEDULES)
-        _choice("--device", self.device, DEVICES)
+            require_choice("--preset", self.preset, tuple(PRESETS))
+        require_choice("--model", self.model, MODELS)
+        require_choice("--dataset", self.dataset, DATASETS)
+        require_choice("--method", self.method, METHODS)
+        require_choice("--dist", self.dist, DISTRIBUTIONS)
+        require_choice("--normalize", self.normalize, NORMALIZATIONS)
+        require_choice("--mode", self.mode, MODES)
+        require_choice("--schedule", self.schedule, SCHEDULES)
+        require_choice("--device", self.device, DEVICES)
         segments([("x", 1)], self.compartments)  # validates the scheme's spelling
-        _choice("--allocate", self.allocate, ALLOCATIONS)
-        _positive("--d", self.d)
-        _positive("--d-per-compartment", self.d_per_compartment, allow_none=True)
-        _positive("--redraw-every", self.redraw_every)
-        _positive("--chunk", self.chunk)
-        _positive("--batch-size", self.batch_size)
-        _positive("--snapshot-every", self.snapshot_every)
-        _positive("--threads", self.threads, allow_none=True)
+        require_choice("--allocate", self.allocate, ALLOCATIONS)
+        require_positive("--d", self.d)
+        require_positive("--d-per-compartment", self.d_per_compartment, allow_none=True)
+        require_positive("--redraw-every", self.redraw_every)
+        require_positive("--chunk", self.chunk)
+        require_positive("--batch-size", self.batch_size)
+        require_positive("--snapshot-every", self.snapshot_every)
+        require_positive("--threads", self.threads, allow_none=True)
         if self.epochs is None and self.steps is None:
             raise UserError("give --epochs N or --steps N")
-        _positive("--epochs", self.epochs, allow_none=True)
-        _positive("--steps", self.steps, allow_none=True)
+        require_positive("--epochs", self.epochs, allow_none=True)
+        require_positive("--steps", self.steps, allow_none=True)
         if self.lr is None:
             self.lr = base_lr(self.model, self.dataset, self.method) * self.batch_size
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -144,12 +132,12 @@ class TrainConfig:
                             "(replayable)")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
-        _choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))
+        require_choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))
         if not 0.0 <= self.sparsity < 1.0:
             raise UserError(f"--sparsity {self.sparsity} must be in [0, 1)")
         if not 0.0 < self.drop_fraction < 1.0:
             raise UserError(f"--drop-fraction {self.drop_fraction} must be in (0, 1)")
-        _positive("--mask-every", self.mask_every)
+        require_positive("--mask-every", self.mask_every)
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise UserError(f"--sigma {self.sigma} must be a positive number")
         if self.check_every < 0:
@@ -161,7 +149,7 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
-        _choice("--preset", preset, tuple(PRESETS))
+        require_choice("--preset", preset, tuple(PRESETS))
         model, dataset, d = PRESETS[preset]
         fields = {"model": model, "dataset": dataset, "d": d, "preset": preset}
         fields.update({k: v for k, v in overrides.items() if v is not None})

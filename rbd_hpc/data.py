@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, require_choice
 from .seeds import Stream, derive_seed, numpy_rng
 
 DATASETS = ("mnist", "fmnist", "cifar10")
@@ -152,8 +152,7 @@ def load_cifar10(directory: Path, where: str) -> tuple[Split, Split]:
 
 def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 5000) -> Dataset:
     """Load ``name`` and hold out ``val_size`` training samples (a split keyed by seed)."""
-    if name not in DATASETS:
-        raise UserError(f"data set {name!r} is not valid; choose one of: " + ", ".join(DATASETS))
+    require_choice("data set", name, DATASETS)
     directory, where = resolve_data_dir(name, data_dir)
     if not directory.is_dir():
         raise UserError(f"data directory {directory} (from {where}) does not exist")

@@ -3,3 +3,17 @@
 
 class UserError(Exception):
     """Bad input: a value and what would be valid. Never shown with a traceback."""
+
+
+def require_choice(flag: str, value, valid) -> None:
+    """The one wording for a value outside a fixed set: the value and every valid one."""
+    if value not in valid:
+        raise UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(valid))
+
+
+def require_positive(flag: str, value, allow_none: bool = False) -> None:
+    """The one wording for a count or size that must be > 0 (``None`` passes if allowed)."""
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise UserError(f"{flag} {value} must be a positive number")

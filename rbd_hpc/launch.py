@@ -27,7 +27,7 @@ from pathlib import Path
 import submitit
 
 from .config import TrainConfig
-from .errors import UserError
+from .errors import UserError, require_choice
 
 BACKENDS = ("auto", "slurm", "local")
 _CLUSTER_KEYS = None
@@ -53,9 +53,7 @@ class Cluster:
     extra: dict = dataclasses.field(default_factory=dict)  # more #SBATCH parameters
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise UserError(f"backend {self.backend!r} is not valid; choose one of: "
-                            + ", ".join(BACKENDS))
+        require_choice("backend", self.backend, BACKENDS)
         for name in ("tasks", "nodes", "cpus_per_task", "time_min"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name}={getattr(self, name)} must be positive")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, require_choice
 
 MODELS = ("fc", "cnn", "resnet8", "resnet20")
 
@@ -105,16 +105,15 @@ def keras_init_(model: nn.Module, generator: torch.Generator) -> None:
 
 def build_model(name: str, in_shape: tuple[int, int, int], generator: torch.Generator,
                 classes: int = 10) -> nn.Module:
+    require_choice("--model", name, MODELS)
     if name == "fc":
         model = FC(in_shape, classes)
     elif name == "cnn":
         model = CNN(in_shape, classes)
-    elif name in ("resnet8", "resnet20"):
+    else:  # resnet8, resnet20
         if in_shape[1] < 8:
             raise UserError(f"model {name} needs images of at least 8×8, got {in_shape}")
         model = ResNet(1 if name == "resnet8" else 3, in_shape, classes)
-    else:
-        raise UserError(f"--model {name!r} is not valid; choose one of: " + ", ".join(MODELS))
     keras_init_(model, generator)
     return model
 
