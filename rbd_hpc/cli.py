@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--normalize", help="expected (E‖φ‖²=1, default) or exact (‖φ‖=1)")
     t.add_argument("--antithetic", action="store_true", default=None, help="directions in pairs (φ, −φ)")
     t.add_argument("--compartments", help="network, layer or block:N")
-    t.add_argument("--allocate", help="split --d over compartments by size (default), sqrt or equal")
+    t.add_argument("--allocate", help="split --d over compartments: size (default, d_k ∝ D_k), sqrt, "
+                                      "equal, or power:P (d_k ∝ D_k^P)")
     t.add_argument("--redraw-every", type=_int, help="redraw directions every n steps (RBD)")
     t.add_argument("--chunk", type=_int, help="directions generated per chunk")
     t.add_argument("--keep-in-memory", action="store_true", default=None,

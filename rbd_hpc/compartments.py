@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Callable
 
 from .errors import UserError, require_choice, require_positive
 
 SCHEMES = ("network", "layer", "block:N")
-# how --d is split: d_k ∝ D_k, ∝ √D_k, or the same for every compartment
+# how --d is split: d_k ∝ D_k, ∝ √D_k, the same for every compartment, or ∝ D_k^P
 _WEIGHT = {"size": float, "sqrt": math.sqrt, "equal": lambda n: 1.0}
-ALLOCATIONS = tuple(_WEIGHT)
+ALLOCATIONS = (*_WEIGHT, "power:P")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,23 +32,40 @@ class Compartment:
         return self.stop - self.start
 
 
-def _weights(sizes: list[int], allocate: str) -> list[float]:
+def allocation_weight(allocate: str) -> Callable[[int], float]:
+    """The weight w of an ``--allocate`` rule (d_k ∝ w(D_k)); a bad rule is a UserError.
+
+    ``power:P`` is d_k ∝ D_k^P for any finite P: 1 is ``size``, 0.5 ``sqrt``, 0 ``equal``,
+    and a negative P gives small compartments more directions than large ones.
+    """
+    if allocate in _WEIGHT:
+        return _WEIGHT[allocate]
+    m = re.fullmatch(r"power:(.*)", allocate)
+    if m:
+        try:
+            p = float(m.group(1))
+        except ValueError:
+            p = math.nan
+        if not math.isfinite(p):
+            raise UserError(f"--allocate {allocate!r}: P must be a finite number, e.g. power:0.25")
+        return lambda n: float(n) ** p
     require_choice("--allocate", allocate, ALLOCATIONS)
-    return [_WEIGHT[allocate](n) for n in sizes]
 
 
 def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]:
     """Split ``d_total`` directions over compartments by a rule on their sizes.
 
     ``size``: in proportion to D_k (every parameter equally likely to be covered);
-    ``sqrt``: in proportion to √D_k; ``equal``: the same number each. Small compartments
-    get a larger share of their own dimensions under ``sqrt`` and ``equal``, so a larger
+    ``sqrt``: in proportion to √D_k; ``equal``: the same number each; ``power:P``: in
+    proportion to D_k^P. Small compartments get a larger share of their own dimensions
+    under ``sqrt``, ``equal`` and P < 1, so a larger
     effective step (the step along compartment k scales with d_k / D_k).
     Largest-remainder rounding; every compartment gets at least one direction and at
     most its own size. The result sums to ``d_total`` exactly.
     """
     k = len(sizes)
-    weights = _weights(sizes, allocate)
+    weight = allocation_weight(allocate)
+    weights = [weight(n) for n in sizes]
     if d_total < k:
         raise UserError(f"--d {d_total} is smaller than the number of compartments ({k}); "
                         f"use --d >= {k} or fewer compartments")

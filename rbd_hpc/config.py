@@ -12,7 +12,7 @@ import json
 import math
 
 from .bases import DISTRIBUTIONS, NORMALIZATIONS, BasisConfig
-from .compartments import ALLOCATIONS, segments
+from .compartments import allocation_weight, segments
 from .errors import UserError, require_choice, require_positive
 
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
@@ -67,7 +67,7 @@ class TrainConfig:
     normalize: str = "expected"
     antithetic: bool = False
     compartments: str = "network"
-    allocate: str = "size"             # how --d is split over compartments: size, sqrt, equal
+    allocate: str = "size"             # how --d is split over compartments: size, sqrt, equal, power:P
     redraw_every: int = 1
     chunk: int = 50
     epochs: int | None = 1
@@ -107,7 +107,7 @@ class TrainConfig:
         require_choice("--schedule", self.schedule, SCHEDULES)
         require_choice("--device", self.device, DEVICES)
         segments([("x", 1)], self.compartments)  # validates the scheme's spelling
-        require_choice("--allocate", self.allocate, ALLOCATIONS)
+        allocation_weight(self.allocate)
         require_positive("--d", self.d)
         require_positive("--d-per-compartment", self.d_per_compartment, allow_none=True)
         require_positive("--redraw-every", self.redraw_every)

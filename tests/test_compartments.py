@@ -23,8 +23,22 @@ def test_split_d_allocation_rules():
     assert split_d(CNN_LAYERS, 250, "equal") == [50] * 5
     # equal shares that do not fit a small compartment go to the largest ones
     assert split_d([3, 1000, 500], 30, "equal") == [3, 17, 10]
-    with pytest.raises(UserError, match="--allocate 'even' is not valid; choose one of: size, sqrt, equal"):
+    with pytest.raises(UserError, match="--allocate 'even' is not valid; choose one of: size, sqrt, equal, "
+                                        "power:P"):
         split_d([10, 10], 4, "even")
+
+
+def test_split_d_power_rule():
+    # the named rules are the exponents 1, 0.5 and 0
+    for named, p in (("size", "1"), ("sqrt", "0.5"), ("equal", "0")):
+        for sizes in (CNN_LAYERS, [100480, 1290]):
+            assert split_d(sizes, 250, f"power:{p}") == split_d(sizes, 250, named)
+    assert split_d(CNN_LAYERS, 250, "power:0.25") == [22, 60, 71, 71, 26]
+    # negative P favours the small compartments (the 320-weight conv gets most)
+    assert split_d(CNN_LAYERS, 250, "power:-0.5") == [123, 17, 12, 12, 86]
+    for bad in ("power:", "power:x", "power:nan", "power:inf"):
+        with pytest.raises(UserError, match=f"--allocate '{bad}': P must be a finite number"):
+            split_d(CNN_LAYERS, 250, bad)
 
 
 def test_allocation_reaches_the_compartments():
