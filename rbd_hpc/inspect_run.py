@@ -6,6 +6,15 @@ import json
 from .runlog import RunFile
 
 
+def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int) -> str:
+    """Each compartment's directions per step against its size, e.g. ``fc1 21/100,480``."""
+    rule = (f"{cfg['d_per_compartment']} each" if cfg.get("d_per_compartment")
+            else cfg.get("allocate", "size"))
+    times = f"×{ranks}" if mode == "per-rank" and ranks > 1 else ""
+    parts = [f"{c['name']} {c['d']}{times}/{c['stop'] - c['start']:,}" for c in compartments]
+    return f"compartments  {cfg.get('compartments', 'network')} ({rule}): " + ", ".join(parts)
+
+
 def describe(path: str) -> tuple[str, dict]:
     with RunFile(path) as run:
         cfg = json.loads(run.config_json)
@@ -35,6 +44,8 @@ def describe(path: str) -> tuple[str, dict]:
         f"method        {info['method']} ({info['mode']} mode, {info['world_size']} rank(s), "
         f"{info['device_type']}), {cfg['model']}-{cfg['dataset']}, seed {cfg['seed']}",
         f"parameters    D = {D:,}; {n_coef} coefficients per step",
+        *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]
+          if run.layout.get("compartments") else []),
         f"committed     {run.committed} steps",
         f"size on disk  {size:,} bytes",
         f"per step      {per_step:,.0f} bytes stored vs {4 * D:,} for a full checkpoint "

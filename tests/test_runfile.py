@@ -91,6 +91,7 @@ def test_inspect(rbd_run):
     assert proc.returncode == 0, proc.stderr
     assert "committed     45 steps" in proc.stdout
     assert "vs 407,080 for a full checkpoint" in proc.stdout
+    assert "compartments  layer (sqrt): fc1 21/100,480, fc2 3/1,290\n" in proc.stdout
     assert "snapshots     6 at steps [0, 10, 20, 30, 40, 45]" in proc.stdout
     assert "test_acc" in proc.stdout
 
