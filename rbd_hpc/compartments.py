@@ -9,7 +9,7 @@ import math
 import re
 from typing import Callable
 
-from .errors import UserError, require_choice, require_positive
+from .errors import UserError, choice_error, require_positive
 
 SCHEMES = ("network", "layer", "block:N")
 # how --d is split: d_k ∝ D_k, ∝ √D_k, the same for every compartment, or ∝ D_k^P
@@ -49,7 +49,7 @@ def allocation_weight(allocate: str) -> Callable[[int], float]:
         if not math.isfinite(p):
             raise UserError(f"--allocate {allocate!r}: P must be a finite number, e.g. power:0.25")
         return lambda n: float(n) ** p
-    require_choice("--allocate", allocate, ALLOCATIONS)
+    raise choice_error("--allocate", allocate, ALLOCATIONS)
 
 
 def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]:
@@ -123,7 +123,7 @@ def segments(param_sizes: list[tuple[str, int]], scheme: str) -> list[tuple[str,
             raise UserError(f"--compartments {scheme}: block size must be positive")
         return [(f"block{i}", s, min(s + size, total))
                 for i, s in enumerate(range(0, total, size))]
-    require_choice("--compartments", scheme, SCHEMES)
+    raise choice_error("--compartments", scheme, SCHEMES)  # "block:N" itself too
 
 
 def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,

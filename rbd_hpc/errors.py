@@ -5,10 +5,14 @@ class UserError(Exception):
     """Bad input: a value and what would be valid. Never shown with a traceback."""
 
 
+def choice_error(flag: str, value, valid) -> UserError:
+    """The one wording for a value outside a set: the value and every valid one."""
+    return UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(valid))
+
+
 def require_choice(flag: str, value, valid) -> None:
-    """The one wording for a value outside a fixed set: the value and every valid one."""
     if value not in valid:
-        raise UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(valid))
+        raise choice_error(flag, value, valid)
 
 
 def require_positive(flag: str, value, allow_none: bool = False) -> None:

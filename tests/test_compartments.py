@@ -36,7 +36,7 @@ def test_split_d_power_rule():
     assert split_d(CNN_LAYERS, 250, "power:0.25") == [22, 60, 71, 71, 26]
     # negative P favours the small compartments (the 320-weight conv gets most)
     assert split_d(CNN_LAYERS, 250, "power:-0.5") == [123, 17, 12, 12, 86]
-    for bad in ("power:", "power:x", "power:nan", "power:inf"):
+    for bad in ("power:", "power:x", "power:nan", "power:inf", "power:P"):
         with pytest.raises(UserError, match=f"--allocate '{bad}': P must be a finite number"):
             split_d(CNN_LAYERS, 250, bad)
 
@@ -79,7 +79,12 @@ def test_d_per_compartment():
         build_compartments(FC, "layer", d_per_compartment=2000)
 
 
-@pytest.mark.parametrize("bad", ["layers", "block:0", "block:x"])
-def test_bad_scheme(bad):
-    with pytest.raises(UserError):
+@pytest.mark.parametrize("bad,message", [
+    ("layers", "--compartments 'layers' is not valid; choose one of: network, layer, block:N"),
+    ("block:N", "--compartments 'block:N' is not valid"),  # the placeholder itself
+    ("block:x", "--compartments 'block:x' is not valid"),
+    ("block:0", "--compartments block:0: block size must be positive"),
+])
+def test_bad_scheme(bad, message):
+    with pytest.raises(UserError, match=message):
         segments(FC, bad)
