@@ -58,8 +58,8 @@ def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]
     ``size``: in proportion to D_k (every parameter equally likely to be covered);
     ``sqrt``: in proportion to √D_k; ``equal``: the same number each; ``power:P``: in
     proportion to D_k^P. Small compartments get a larger share of their own dimensions
-    under ``sqrt``, ``equal`` and P < 1, so a larger
-    effective step (the step along compartment k scales with d_k / D_k).
+    under ``sqrt``, ``equal`` and P < 1, so a larger effective step (the step along
+    compartment k scales with d_k / D_k).
     Largest-remainder rounding; every compartment gets at least one direction and at
     most its own size. The result sums to ``d_total`` exactly.
     """
