@@ -163,6 +163,6 @@ def memory_ratio(model_name: str, dataset: str, d: int, dist: str, compartments:
 def format_table(rows: list[dict], header: str) -> str:
     lines = [header, f"{'config':<28} {'ms/step (median)':>17} {'÷ SGD':>8} {'÷ reference':>12}"]
     for r in rows:
-        lines.append(f"{r['config']:<28} {r['ms_per_step']:>17.2f} {r['ratio_to_sgd']:>8.2f} "
+        lines.append(f"{r['config']:<28} {r['ms_per_step']:>17.3f} {r['ratio_to_sgd']:>8.2f} "
                      f"{r['ratio_to_reference']:>12.2f}")
     return "\n".join(lines)
