@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_int, help="train this many steps instead of --epochs")
     t.add_argument("--batch-size", type=_int, help="global batch size (default 32)")
     t.add_argument("--lr", type=_float, help="learning rate (default: the preset's base × batch size)")
-    t.add_argument("--momentum", type=_float, help="SGD momentum")
+    t.add_argument("--momentum", type=_float, help="heavy-ball momentum μ in [0, 1) (rbd, fpd, sgd, rigl, set, static)")
     t.add_argument("--schedule", help="constant or cosine")
     t.add_argument("--seed", type=_int, help="root seed of the seed schedule")
     t.add_argument("--data-dir", help="data directory (default $RBD_DATA or the Fashion-MNIST package)")

@@ -18,6 +18,7 @@ from .errors import UserError, require_choice, require_positive
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
 # methods that step along the full gradient (no coefficients logged, not replayable)
 GRADIENT_METHODS = ("sgd", "rigl", "set", "static")
+MOMENTUM_METHODS = ("rbd", "fpd", *GRADIENT_METHODS)  # NES steps are shaped ranks
 MODES = ("shared", "per-rank")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("cpu", "cuda", "ipu")
@@ -125,11 +126,10 @@ class TrainConfig:
             raise UserError(f"--lr {self.lr} must be a positive finite number")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
-        if self.momentum and self.method not in GRADIENT_METHODS:
-            applies = ", ".join(GRADIENT_METHODS[:-1]) + " and " + GRADIENT_METHODS[-1]
-            raise UserError(f"--momentum {self.momentum} applies to {applies} only; --method "
-                            f"{self.method} takes its step from the logged coefficients alone "
-                            "(replayable)")
+        if self.momentum and self.method not in MOMENTUM_METHODS:
+            applies = ", ".join(MOMENTUM_METHODS[:-1]) + " and " + MOMENTUM_METHODS[-1]
+            raise UserError(f"--momentum {self.momentum} applies to {applies} only, not to "
+                            f"--method {self.method}")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
         require_choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))

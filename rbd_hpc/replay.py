@@ -44,12 +44,16 @@ def replay_to(run: RunFile, target: int, method=None,
         raise UserError(f"--step {target} is beyond the last committed step ({run.committed}); "
                         f"valid: 0..{run.committed}")
     method = method or method_for(run)
-    start, theta = 0, run.theta0()
+    start, theta, state = 0, run.theta0(), np.zeros(0)
     if not start_from_theta0:
         snaps = run.snapshot_steps()
         usable = np.nonzero(snaps <= target)[0]
         if len(usable):
-            start, theta, _, _ = run.snapshot(int(usable[-1]))
+            start, theta, _, state = run.snapshot(int(usable[-1]))
+    if hasattr(method, "reset_state"):  # e.g. a momentum velocity: zero at θ0, else the snapshot's
+        method.reset_state()
+        if start:
+            method.load_state_vector(state, "cpu")
     theta_t = torch.from_numpy(np.array(theta, dtype=np.float32))
     for lo in range(start, target, _BLOCK):
         rows = run.steps(lo, min(lo + _BLOCK, target))

@@ -76,7 +76,7 @@ def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, 
     cls = FixedProjectionDescent if cfg.method == "fpd" else RandomBasesDescent
     method = cls(compartments, basis, comm, mode=cfg.mode, chunk_size=cfg.chunk,
                  redraw_every=cfg.redraw_every, world_size=world_size,
-                 keep_in_memory=cfg.keep_in_memory)
+                 keep_in_memory=cfg.keep_in_memory, momentum=cfg.momentum)
     if cfg.mode == "per-rank":
         too_many = [c for c in compartments if c.d * method.ranks > c.size]
         if too_many:
@@ -179,6 +179,8 @@ def resume_point(run: RunFile, method, has_buffers: bool) -> ResumePoint:
         _, snap_theta, buffers, state = run.snapshot(int(usable[-1]))
         if theta is None:
             theta = snap_theta
+    if exact_rows and hasattr(method, "state_size") and method.state_size(theta.size):
+        state = method.state_vector(theta.size)  # replay rebuilt it up to the committed step
     if theta is None:
         theta = run.theta0()
     return ResumePoint(target, theta, buffers, state)

@@ -35,7 +35,9 @@ def assert_user_error(proc, *fragments):
     (["--epochs", "0"], ["--epochs 0 must be a positive"]),
     (["--bogus"], ["unrecognized arguments: --bogus"]),
     (["--device", "cuda"], ["no CUDA device"]),
-    (["--momentum", "0.9"], ["--momentum 0.9 applies to sgd, rigl, set and static only"]),
+    (["--method", "nes", "--momentum", "0.9"],
+     ["--momentum 0.9 applies to rbd, fpd, sgd, rigl, set and static only, not to --method nes"]),
+    (["--momentum", "1"], ["--momentum 1.0 must be in [0, 1)"]),
 ])
 def test_bad_train_arguments(args, fragments, idx_dir):
     assert_user_error(run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1", *args), *fragments)

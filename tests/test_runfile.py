@@ -186,6 +186,43 @@ def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):
     assert np.array_equal(final_theta(out), final_theta(ref))
 
 
+def test_rbd_momentum_replays_seeks_and_resumes_bitwise(idx_dir, tmp_path):
+    import torch
+
+    from rbd_hpc.replay import method_for, replay_to
+
+    ref = tmp_path / "mom.h5"
+    args = ["--steps", "45", "--d", "24", "--snapshot-every", "20", "--momentum", "0.9",
+            "--lr", "0.05"]
+    train(idx_dir, ref, *args)
+    proc = run_cli("replay", ref, "--verify")
+    assert "verify: OK over 45 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    with RunFile(ref) as run:
+        dim = run.theta0().size
+        velocity_20 = run.snapshot(1)[3]
+        assert velocity_20.shape == (dim,) and np.any(velocity_20 != 0)  # saved with θ
+        # seeking from the step-20 snapshot (θ and velocity) lands where replay from θ0 does
+        seek, full = method_for(run), method_for(run)
+        theta_seek = replay_to(run, 33, method=seek)
+        theta_full = replay_to(run, 33, method=full, start_from_theta0=True)
+        assert np.array_equal(theta_seek, theta_full)
+        assert np.array_equal(seek.state_vector(dim), full.state_vector(dim))
+        # and the velocity is used: the same coefficients without it give other weights
+        seek.reset_state()
+        seek.load_state_vector(np.zeros(dim, dtype=np.float32), "cpu")
+        theta_t = torch.from_numpy(run.snapshot(1)[1].copy())
+        rows = run.steps(20, 21)
+        seek.replay_step(theta_t, 20, float(rows["lr"][0]), torch.from_numpy(rows["coefficients"][0]))
+        assert not np.array_equal(theta_t.numpy(), replay_to(run, 21, method=full))
+    # a commit between snapshots: resume rebuilds θ and the velocity by replay, then continues
+    cut = copy(ref, tmp_path / "cut.h5")
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [33, 2]  # steps 0..32 and the snapshots at 0 and 20
+    train(idx_dir, cut, "--resume", cut)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
+    assert run_cli("replay", cut, "--verify").returncode == 0
+
+
 def test_sigkill_at_random_moments_then_resume_is_bitwise(idx_dir, tmp_path):
     args = ["--steps", "90", "--d", "120", "--snapshot-every", "20", "--compartments", "layer"]
     ref = tmp_path / "ref.h5"

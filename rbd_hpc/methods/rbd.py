@@ -10,7 +10,7 @@ import torch
 
 from ..bases import Basis
 from ..compartments import Compartment
-from .update import apply_step, step_chunks
+from .update import Velocity, apply_step, step_chunks
 
 MODES = ("shared", "per-rank")
 
@@ -20,8 +20,12 @@ class StepResult:
     coefficients: torch.Tensor  # float32, the values applied (after the allreduce)
 
 
-class RandomBasesDescent:
+class RandomBasesDescent(Velocity):
     """θ ← θ − η Σ_i <φ_i, g> φ_i with fresh directions every ``redraw_every`` steps.
+
+    With ``momentum`` μ > 0 the step goes through a velocity, v ← μ v + Σ_i c_i φ_i and
+    θ ← θ − η v: the same d coefficients per step are exchanged and logged, and replay
+    rebuilds v from them (the velocity is D floats of memory, saved in snapshots).
 
     Modes (DESIGN.md "Two parallel modes"):
       shared   — every rank uses the same d directions on its own data shard; the
@@ -35,7 +39,8 @@ class RandomBasesDescent:
 
     def __init__(self, compartments: list[Compartment], basis: Basis, comm,
                  mode: str = "shared", chunk_size: int = 50, redraw_every: int = 1,
-                 world_size: int | None = None, keep_in_memory: bool = False):
+                 world_size: int | None = None, keep_in_memory: bool = False,
+                 momentum: float = 0.0):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
         self.compartments = compartments
@@ -44,6 +49,8 @@ class RandomBasesDescent:
         self.mode = mode
         self.chunk_size = chunk_size
         self.redraw_every = redraw_every
+        self.momentum = momentum
+        self.velocity = None
         # per-rank mode: R·d_k directions per compartment (R from the run file on replay)
         self.ranks = (world_size or comm.size) if mode == "per-rank" else 1
         self.directions_per_compartment = [c.d * self.ranks for c in compartments]
@@ -72,7 +79,7 @@ class RandomBasesDescent:
             def coefficients_for(span, chunk):
                 # the only per-step traffic: this chunk's coordinates, averaged over ranks
                 return self.comm.allreduce_mean(chunk.project(grad[span]))
-            return StepResult(apply_step(theta, self._chunks(step), lr, coefficients_for))
+            return StepResult(self._apply(theta, step, lr, coefficients_for))
         gathered = self._per_rank_coefficients(grad, step)
         return StepResult(self.replay_step(theta, step, lr, gathered))
 
@@ -102,8 +109,15 @@ class RandomBasesDescent:
             lo = cursor[0]
             cursor[0] += chunk.n_coefficients
             return coefficients[lo:cursor[0]]
-        applied = apply_step(theta, self._chunks(step), lr, coefficients_for)
+        applied = self._apply(theta, step, lr, coefficients_for)
         if cursor[0] != coefficients.numel():
             raise ValueError(f"step {step}: {coefficients.numel()} coefficients logged, "
                              f"{cursor[0]} directions")
         return applied
+
+    def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for) -> torch.Tensor:
+        """The step through the one update function, with this method's velocity if any."""
+        if not self.momentum:
+            return apply_step(theta, self._chunks(step), lr, coefficients_for)
+        return apply_step(theta, self._chunks(step), lr, coefficients_for,
+                          self.velocity_for(theta), self.momentum)

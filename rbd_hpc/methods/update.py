@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from ..bases import Basis
@@ -48,19 +49,64 @@ def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
 
 
 def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
-               coefficients_for: Callable[[slice, object], torch.Tensor]) -> torch.Tensor:
+               coefficients_for: Callable[[slice, object], torch.Tensor],
+               velocity: torch.Tensor | None = None, momentum: float = 0.0) -> torch.Tensor:
     """θ_k ← θ_k − η Σ_i c_i φ_i chunk by chunk; returns the coefficients applied (float32).
 
     ``coefficients_for(span, chunk)`` supplies the chunk's coefficients: in training it
     projects the gradient and reduces across ranks, in replay it reads them from the run
     file. Each chunk is generated once and applied at once, so no second pass regenerates
     directions (the paper's Eq. 2 with g^RB = Σ c_i φ_i).
+
+    With a ``velocity`` (heavy-ball momentum μ): v ← μ v + Σ_i c_i φ_i, then θ ← θ − η v.
+    v is still a sum of coefficient × regenerable direction, so the run replays from its
+    coefficients alone; it lives only in memory and in snapshots.
     """
+    if velocity is None:
+        target, scale = theta, -lr
+    else:
+        target, scale = velocity.mul_(momentum), 1.0
     applied = []
     for span, chunk in chunks:
         c = coefficients_for(span, chunk).to(torch.float32)
-        theta[span].add_(chunk.combine(c), alpha=-lr)
+        target[span].add_(chunk.combine(c), alpha=scale)
         applied.append(c)
+    if velocity is not None:
+        theta.add_(velocity, alpha=-lr)
     if not applied:
         return torch.zeros(0, dtype=torch.float32)
     return torch.cat(applied)
+
+
+class Velocity:
+    """Heavy-ball momentum state: D floats kept between steps and stored in snapshots.
+
+    Mixed into methods with a ``momentum`` attribute; ``velocity`` is None until the first
+    step (a zero buffer).
+    """
+
+    momentum: float = 0.0
+    velocity: torch.Tensor | None = None
+
+    def velocity_for(self, theta: torch.Tensor) -> torch.Tensor:
+        if self.velocity is None:
+            self.velocity = torch.zeros_like(theta)
+        return self.velocity
+
+    def reset_state(self) -> None:
+        """Back to the state before step 0 (replay from θ0)."""
+        self.velocity = None
+
+    def state_size(self, dim: int) -> int:
+        return dim if self.momentum else 0
+
+    def state_vector(self, dim: int) -> np.ndarray:
+        if not self.momentum:
+            return np.zeros(0, dtype=np.float32)
+        if self.velocity is None:
+            return np.zeros(dim, dtype=np.float32)
+        return self.velocity.detach().cpu().numpy().copy()
+
+    def load_state_vector(self, vec: np.ndarray, device) -> None:
+        if self.momentum and vec.size:
+            self.velocity = torch.from_numpy(np.array(vec, dtype=np.float32)).to(device)
