@@ -53,6 +53,16 @@ def test_theta_bitwise_identical_on_every_rank_after_every_step(ranks, mode, idx
     assert last["step"] == 12
 
 
+@pytest.mark.parametrize("mode", ["shared", "per-rank"])
+def test_momentum_keeps_ranks_identical_sends_d_floats_and_replays(mode, idx_dir, tmp_path):
+    out = tmp_path / "mom.h5"
+    last = train_mpi(2, out, idx_dir, "--steps", "12", "--mode", mode, "--check-every", "1",
+                     "--momentum", "0.9", "--lr", "0.05", "--snapshot-every", "5")
+    assert last["bytes_per_step"] == 4 * 20  # the velocity is never exchanged
+    proc = run_cli("replay", out, "--verify")
+    assert "verify: OK over 12 steps, 4 snapshots, max |diff| 0" in proc.stdout, proc.stdout
+
+
 def test_shared_mode_two_ranks_match_one_rank(idx_dir, tmp_path):
     one = tmp_path / "one.h5"
     two = tmp_path / "two.h5"
