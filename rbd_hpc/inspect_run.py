@@ -42,7 +42,9 @@ def describe(path: str) -> tuple[str, dict]:
         f"run file      {info['file']} (format {info['format_version']}, rbd-hpc "
         f"{info['package_version']}, torch {info['torch_version']})",
         f"method        {info['method']} ({info['mode']} mode, {info['world_size']} rank(s), "
-        f"{info['device_type']}), {cfg['model']}-{cfg['dataset']}, seed {cfg['seed']}",
+        f"{info['device_type']}), {cfg['model']}-{cfg['dataset']}, seed {cfg['seed']}"
+        + (f", momentum {cfg['momentum']:g} (velocity saved in snapshots)" if cfg.get("momentum")
+           else ""),
         f"parameters    D = {D:,}; {n_coef} coefficients per step",
         *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]
           if run.layout.get("compartments") else []),

@@ -197,6 +197,8 @@ def test_rbd_momentum_replays_seeks_and_resumes_bitwise(idx_dir, tmp_path):
     train(idx_dir, ref, *args)
     proc = run_cli("replay", ref, "--verify")
     assert "verify: OK over 45 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    assert ("fc-fmnist, seed 0, momentum 0.9 (velocity saved in snapshots)\n"
+            in run_cli("inspect", ref).stdout)
     with RunFile(ref) as run:
         dim = run.theta0().size
         velocity_20 = run.snapshot(1)[3]
