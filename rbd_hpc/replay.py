@@ -50,10 +50,9 @@ def replay_to(run: RunFile, target: int, method=None,
         usable = np.nonzero(snaps <= target)[0]
         if len(usable):
             start, theta, _, state = run.snapshot(int(usable[-1]))
-    if hasattr(method, "reset_state"):  # e.g. a momentum velocity: zero at θ0, else the snapshot's
-        method.reset_state()
-        if start:
-            method.load_state_vector(state, "cpu")
+    method.reset_state()  # the momentum velocity, if any: zero at θ0, else the snapshot's
+    if start:
+        method.load_state_vector(state, "cpu")
     theta_t = torch.from_numpy(np.array(theta, dtype=np.float32))
     for lo in range(start, target, _BLOCK):
         rows = run.steps(lo, min(lo + _BLOCK, target))

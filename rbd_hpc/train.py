@@ -179,7 +179,7 @@ def resume_point(run: RunFile, method, has_buffers: bool) -> ResumePoint:
         _, snap_theta, buffers, state = run.snapshot(int(usable[-1]))
         if theta is None:
             theta = snap_theta
-    if exact_rows and hasattr(method, "state_size") and method.state_size(theta.size):
+    if exact_rows and method.state_size(theta.size):
         state = method.state_vector(theta.size)  # replay rebuilt it up to the committed step
     if theta is None:
         theta = run.theta0()
@@ -224,7 +224,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
                         "samples")
     standardize = cfg.dataset == "cifar10"  # the official CIFAR-10 preprocessing
     has_buffers = any(True for _ in model.buffers())
-    state_size = method.state_size(flat.dim) if hasattr(method, "state_size") else 0
+    state_size = method.state_size(flat.dim)
     theta0 = flat.theta.detach().cpu().numpy().copy()
 
     # -- resume point (rank 0 reads, everyone receives it once) --------------------
@@ -315,7 +315,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
                 snap = None
                 if snapshot_due:
                     snap = (done, flat.theta.detach().cpu().numpy(), buffers_vector(model),
-                            _state_vector(method, state_size))
+                            method.state_vector(flat.dim))
                 writer.commit(snapshot=snap)
                 last_commit = time.monotonic()
         bar.update(done - start, loss)
@@ -355,12 +355,6 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     return {**record, "steps_done": step + 1 if total > start else start, "total_steps": total,
             "preempted": preempted, "theta": flat.theta, "method": cfg.method,
             "traffic": dict(comm.traffic.bytes)}
-
-
-def _state_vector(method, state_size: int) -> np.ndarray:
-    if state_size:
-        return method.state_vector(state_size)
-    return np.zeros(0, dtype=np.float32)
 
 
 def _agree(comm, flag: bool, done: int, every: int = 20) -> bool:

@@ -117,7 +117,5 @@ class RandomBasesDescent(Velocity):
 
     def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for) -> torch.Tensor:
         """The step through the one update function, with this method's velocity if any."""
-        if not self.momentum:
-            return apply_step(theta, self._chunks(step), lr, coefficients_for)
-        return apply_step(theta, self._chunks(step), lr, coefficients_for,
-                          self.velocity_for(theta), self.momentum)
+        velocity = self.velocity_for(theta) if self.momentum else None
+        return apply_step(theta, self._chunks(step), lr, coefficients_for, velocity, self.momentum)

@@ -17,6 +17,7 @@ import torch
 
 from ..seeds import Stream, derive_seed, numpy_rng
 from .rbd import StepResult
+from .update import Velocity
 
 SPARSE_METHODS = ("rigl", "set", "static")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
@@ -37,7 +38,7 @@ def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
         dense |= over
 
 
-class SparseTraining:
+class SparseTraining(Velocity):
     replayable = False
     n_coefficients = 0
 
@@ -55,7 +56,7 @@ class SparseTraining:
         self.densities = (erk_densities(shapes, density) if distribution == "erk"
                           else [density] * len(layers))
         self.mask: torch.Tensor | None = None
-        self.buffer: torch.Tensor | None = None
+        self.velocity = None
 
     def prepare(self, theta: torch.Tensor) -> None:
         """A random mask with each layer's exact density, keyed by (seed, MASK); θ masked."""
@@ -80,10 +81,7 @@ class SparseTraining:
             self._update_mask(theta, g, step)
         upd = g * self.mask
         if self.momentum:
-            if self.buffer is None:
-                self.buffer = torch.zeros_like(theta)
-            self.buffer.mul_(self.momentum).add_(upd)
-            upd = self.buffer * self.mask
+            upd = self.velocity_for(theta).mul_(self.momentum).add_(upd) * self.mask
         theta.add_(upd, alpha=-lr)
         theta.mul_(self.mask)
         return StepResult(torch.zeros(0, dtype=torch.float32))
@@ -111,23 +109,17 @@ class SparseTraining:
             m[drop] = False
             m[grow] = True
             w[grow] = 0.0  # grown connections start at zero
-            if self.buffer is not None:
-                self.buffer[start:stop][drop] = 0.0
-                self.buffer[start:stop][grow] = 0.0
+            if self.velocity is not None:
+                self.velocity[start:stop][drop] = 0.0
+                self.velocity[start:stop][grow] = 0.0
 
     def state_size(self, dim: int) -> int:
-        return dim * (2 if self.momentum else 1)  # the mask (and the momentum)
+        return dim + super().state_size(dim)  # the mask (and the velocity)
 
     def state_vector(self, dim: int) -> np.ndarray:
-        parts = [self.mask.float()]
-        if self.momentum:
-            parts.append(self.buffer if self.buffer is not None
-                         else torch.zeros(dim, dtype=torch.float32, device=self.mask.device))
-        return torch.cat(parts).cpu().numpy()
+        return np.concatenate([self.mask.float().cpu().numpy(), super().state_vector(dim)])
 
     def load_state_vector(self, vec: np.ndarray, device) -> None:
-        t = torch.from_numpy(np.asarray(vec, dtype=np.float32)).to(device)
-        dim = t.numel() // (2 if self.momentum else 1)
-        self.mask = t[:dim] > 0.5
-        if self.momentum:
-            self.buffer = t[dim:2 * dim].clone()
+        dim = vec.size // (2 if self.momentum else 1)
+        self.mask = torch.from_numpy(np.asarray(vec[:dim], dtype=np.float32)).to(device) > 0.5
+        super().load_state_vector(vec[dim:], device)
