@@ -11,6 +11,13 @@ index) — see seeds.py — so chunking changes summation order, never values.
 
 Scaling: E‖φ‖² = 1 (the paper's 1/√D normalisation, with D the compartment size), or
 exactly ‖φ‖ = 1 with ``normalize="exact"``.
+
+``smooth:σ`` is a structured basis for fully connected layers fed by the image: on such a
+layer (weight out × C·H·W, then bias) direction j is the rank-1 matrix u_j a_jᵀ, with u_j
+Gaussian over the outputs and a_j a Gaussian image blurred by a Gaussian of σ pixels
+(the bias taken as one more, unblurred input), so ‖φ‖ = 1 exactly. The gradient of such
+a layer is Σ_b δ_b x_bᵀ and natural images are smooth, so these directions catch far more
+of it than unstructured ones; every other compartment uses ``srht``.
 """
 from __future__ import annotations
 
@@ -21,12 +28,25 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import require_choice
+from .errors import UserError, require_choice
 from .seeds import Stream, derive_seeds, random_words
 
-DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht")
+DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht", "smooth:SIGMA")
 NORMALIZATIONS = ("expected", "exact")
 _SQRT3 = math.sqrt(3.0)
+
+
+def smooth_sigma(dist: str) -> float | None:
+    """σ (pixels) of a ``smooth:σ`` distribution, None for the others; a bad σ is a UserError."""
+    if not dist.startswith("smooth:"):
+        return None
+    try:
+        sigma = float(dist[len("smooth:"):])
+    except ValueError:
+        sigma = math.nan
+    if not (math.isfinite(sigma) and 0 < sigma <= 16):
+        raise UserError(f"--dist {dist!r}: σ must be a number of pixels in (0, 16], e.g. smooth:2")
+    return sigma
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +56,14 @@ class BasisConfig:
     antithetic: bool = False
 
     def __post_init__(self):
-        require_choice("--dist", self.dist, DISTRIBUTIONS)
+        if smooth_sigma(self.dist) is None:
+            require_choice("--dist", self.dist, DISTRIBUTIONS)
         require_choice("--normalize", self.normalize, NORMALIZATIONS)
+
+    @property
+    def structured(self) -> bool:
+        """Chunks are transforms, not stored matrices (srht, and smooth's srht part)."""
+        return self.dist == "srht" or smooth_sigma(self.dist) is not None
 
 
 def _key_and_sign(indices: range, antithetic: bool):
@@ -211,12 +237,133 @@ class SRHTChunk:
         return out.reshape(-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageLayer:
+    """A compartment that is one fully connected layer fed by the image: weight (out, C·H·W)
+    in row-major order, then bias (out,)."""
+
+    out: int
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def inputs(self) -> int:
+        return self.channels * self.height * self.width
+
+    @property
+    def size(self) -> int:
+        return self.out * (self.inputs + 1)
+
+
+def image_layers(compartments, named_shapes: list[tuple[str, tuple]],
+                 channels: int) -> dict[int, ImageLayer]:
+    """{compartment index: ImageLayer} for the compartment that is exactly the network's
+    first layer, when that layer is fully connected on the flattened square image of
+    ``channels`` channels (weight (out, C·H·W) then bias (out,)); else {}."""
+    if len(named_shapes) < 2:
+        return {}
+    (_, wshape), (_, bshape) = named_shapes[:2]
+    if len(wshape) != 2 or tuple(bshape) != (wshape[0],):
+        return {}
+    out, n_in = (int(x) for x in wshape)
+    side = math.isqrt(n_in // channels)
+    if side * side * channels != n_in:
+        return {}
+    layer = ImageLayer(out, channels, side, side)
+    return {c.index: layer for c in compartments if c.start == 0 and c.stop == layer.size}
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """The 1-D Gaussian of σ (float64, radius ⌈3σ⌉, sum 1)."""
+    r = math.ceil(3 * sigma)
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-x * x / (2 * sigma * sigma))
+    return k / k.sum()
+
+
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(n, C, H, W) blurred by a separable Gaussian of σ pixels (zero padding), rescaled so
+    that white noise keeps unit variance per pixel away from the border.
+
+    A sum of shifted copies, tap by tap: every output value is the same sequence of float
+    operations whatever n is, so a direction does not depend on the chunk it is drawn in
+    (a convolution routine may pick another algorithm for another batch size)."""
+    k = gaussian_kernel(sigma)
+    r = (k.numel() - 1) // 2
+    x = images
+    for dim in (2, 3):
+        n = x.shape[dim]
+        padded = torch.nn.functional.pad(x, (0, 0, r, r) if dim == 2 else (r, r))
+        out = torch.zeros_like(x)
+        for t, w in enumerate(k.tolist()):
+            out += w * padded.narrow(dim, t, n)
+        x = out
+    return x / float(k.square().sum())
+
+
+class SmoothRank1Chunk:
+    """Directions φ_j = u_j a_jᵀ of an ``ImageLayer`` (see the module docstring).
+
+    u_j ~ N(0, I_out) and a_j = (blur_σ(z_j), s_j) with z_j ~ N(0, I_{C·H·W}), s_j ~ N(0, 1),
+    drawn from one generator per direction key (stream DIRECTIONS, step, compartment,
+    index), each normalised to 1, so ‖φ_j‖ = 1 and a direction does not depend on the chunk.
+    project and combine cost O(m · out · C·H·W) as two small matrix products.
+    """
+
+    def __init__(self, compartment: int, indices: range, layer: ImageLayer, sigma: float,
+                 root_seed: int, key_step: int, antithetic: bool, device, dtype):
+        self.compartment, self.indices, self.layer = compartment, indices, layer
+        key_idx, self.dir_sign = _key_and_sign(indices, antithetic)
+        seeds = derive_seeds(root_seed, Stream.DIRECTIONS, key_step, compartment, key_idx.numpy())
+        m, n_in = len(indices), layer.inputs
+        u = torch.empty((m, layer.out), dtype=dtype)
+        z = torch.empty((m, n_in + 1), dtype=dtype)
+        gen = torch.Generator()
+        for row, seed in enumerate(seeds):
+            gen.manual_seed(int(seed))
+            torch.randn(layer.out, generator=gen, out=u[row])
+            torch.randn(n_in + 1, generator=gen, out=z[row])
+        images = z[:, :n_in].reshape(m, layer.channels, layer.height, layer.width)
+        a = torch.cat([blur(images, sigma).reshape(m, n_in), z[:, n_in:]], dim=1)
+        self.u = (u / u.norm(dim=1, keepdim=True)).to(device)
+        self.a = (a / a.norm(dim=1, keepdim=True)).to(device)
+
+    @property
+    def n_coefficients(self) -> int:
+        return len(self.indices)
+
+    def _matrix(self, g: torch.Tensor) -> torch.Tensor:
+        """A compartment vector as the (out × (C·H·W + 1)) matrix [W | b]."""
+        L = self.layer
+        return torch.cat([g[:L.out * L.inputs].reshape(L.out, L.inputs),
+                          g[L.out * L.inputs:].reshape(L.out, 1)], dim=1)
+
+    def project(self, g: torch.Tensor) -> torch.Tensor:
+        c = ((self.u @ self._matrix(g)) * self.a).sum(dim=1)   # c_j = u_jᵀ [W | b] a_j
+        if self.dir_sign is not None:
+            c = c * self.dir_sign.to(c.device)
+        return c
+
+    def combine(self, c: torch.Tensor) -> torch.Tensor:
+        if self.dir_sign is not None:
+            c = c * self.dir_sign.to(c.device)
+        M = (self.u * c.unsqueeze(1)).T @ self.a                # Σ_j c_j u_j a_jᵀ
+        L = self.layer
+        return torch.cat([M[:, :L.inputs].reshape(-1), M[:, L.inputs]])
+
+
 class Basis:
     """Generates the chunks of directions for (step, compartment, index range)."""
 
     def __init__(self, config: BasisConfig, root_seed: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32,
+                 image_layers: dict[int, ImageLayer] | None = None):
+        """``image_layers``: the compartments (by index) that ``smooth:σ`` gives rank-1
+        smooth directions; its other compartments use srht."""
         self.config = config
+        self.sigma = smooth_sigma(config.dist)
+        self.image_layers = dict(image_layers or {})
         self.root_seed = int(root_seed)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -232,7 +379,18 @@ class Basis:
         reuse=False to keep them all."""
         if len(indices) == 0:
             return
-        if self.config.dist == "srht":
+        if self.sigma is not None and compartment in self.image_layers:
+            layer = self.image_layers[compartment]
+            if count != 1 or size != layer.size:
+                raise ValueError(f"compartment {compartment}: {count} × {size} parameters, "
+                                 f"image layer of {layer.size}")
+            yield SmoothRank1Chunk(compartment, indices, layer, self.sigma, self.root_seed,
+                                   key_step, self.config.antithetic, self.device, self.dtype)
+            return
+        if self.config.structured:
+            if self.sigma is not None and any(k in self.image_layers
+                                              for k in range(compartment, compartment + count)):
+                raise ValueError("an image layer cannot be batched with other compartments")
             yield self.srht_chunk(key_step, compartment, size, indices, count)
             return
         if count != 1:
@@ -284,8 +442,8 @@ class Basis:
 
     def matrix(self, key_step: int, compartment: int, size: int, indices: range) -> torch.Tensor:
         """Materialised Φ (m × size) for any distribution — for references and tests."""
-        if self.config.dist != "srht":
+        if not self.config.structured:
             return self.dense(key_step, compartment, size, indices)
-        chunk = self.srht_chunk(key_step, compartment, size, indices)
+        chunk, = self.chunks(key_step, compartment, size, indices, len(indices))
         eye = torch.eye(len(indices), dtype=self.dtype, device=self.device)
         return torch.stack([chunk.combine(e) for e in eye])

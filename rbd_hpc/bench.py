@@ -22,14 +22,13 @@ import time
 import torch
 from torch import nn
 
-from .bases import Basis, BasisConfig
+from .bases import Basis, BasisConfig, image_layers, smooth_sigma
 from .comm import SingleProcess
 from .compartments import build_compartments
+from .data import SHAPES
+from .errors import UserError
 from .methods import SGD, RandomBasesDescent
 from .models import FlatParameters, build_model
-
-SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
 
 def reference_step(theta: torch.Tensor, grad: torch.Tensor, d: int, lr: float, chunk: int = 50):
     """The baseline path: generate each chunk, project, then apply (no seed keying)."""
@@ -57,8 +56,11 @@ class Harness:
 
     def rbd(self, d: int, dist: str, compartments: str, chunk: int = 50) -> RandomBasesDescent:
         comps = build_compartments(self.flat.named_sizes(), compartments, d)
-        return RandomBasesDescent(comps, Basis(BasisConfig(dist), 0, self.device), SingleProcess(),
-                                  chunk_size=chunk)
+        image = image_layers(comps, list(zip(self.flat.names, self.flat.shapes)), self.x.shape[1])
+        if smooth_sigma(dist) is not None and not image:
+            raise UserError(f"--dist {dist} needs --model fc with --compartments layer")
+        basis = Basis(BasisConfig(dist), 0, self.device, image_layers=image)
+        return RandomBasesDescent(comps, basis, SingleProcess(), chunk_size=chunk)
 
 
 def label(dist: str, compartments: str) -> str:

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dist", help="gaussian, rademacher, uniform or srht")
     t.add_argument("--normalize", help="expected (E‖φ‖²=1, default) or exact (‖φ‖=1)")
     t.add_argument("--antithetic", action="store_true", default=None, help="directions in pairs (φ, −φ)")
-    t.add_argument("--compartments", help="network, layer or block:N")
+    t.add_argument("--compartments", help="network, layer, tensor or block:N")
     t.add_argument("--allocate", help="split --d over compartments: size (default, d_k ∝ D_k), sqrt, "
                                       "equal, or power:P (d_k ∝ D_k^P)")
     t.add_argument("--redraw-every", type=_int, help="redraw directions every n steps (RBD)")
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_int, help="global batch size (default 32)")
     t.add_argument("--lr", type=_float, help="learning rate (default: the preset's base × batch size)")
     t.add_argument("--momentum", type=_float, help="heavy-ball momentum μ in [0, 1) (rbd, fpd, sgd, rigl, set, static)")
+    t.add_argument("--weight-decay", type=_float,
+                   help="decoupled weight decay λ ≥ 0: θ ← (1 − ηλ) θ every step (all methods)")
     t.add_argument("--schedule", help="constant or cosine")
     t.add_argument("--seed", type=_int, help="root seed of the seed schedule")
     t.add_argument("--data-dir", help="data directory (default $RBD_DATA or the Fashion-MNIST package)")
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
-              "allocate", "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "schedule",
+              "allocate", "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "weight_decay",
+              "schedule",
               "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
               "device", "threads", "keep_in_memory", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
 
@@ -230,15 +233,16 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .bases import DISTRIBUTIONS
-    from .bench import SHAPES, format_table, memory_ratio, replay_ratio, run_bench
+    from .bases import BasisConfig
+    from .bench import format_table, memory_ratio, replay_ratio, run_bench
     from .compartments import segments
+    from .data import SHAPES
     from .models import MODELS
 
     dists = tuple(x for x in args.dist.split(",") if x)
     comps = tuple(x for x in args.compartments.split(",") if x)
     for dist in dists:
-        require_choice("--dist", dist, DISTRIBUTIONS)
+        BasisConfig(dist)
     for comp in comps:
         segments([("x", 1)], comp)
     require_choice("--model", args.model, MODELS)

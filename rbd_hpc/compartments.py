@@ -11,7 +11,7 @@ from typing import Callable
 
 from .errors import UserError, choice_error, require_positive
 
-SCHEMES = ("network", "layer", "block:N")
+SCHEMES = ("network", "layer", "tensor", "block:N")
 # how --d is split: d_k ∝ D_k, ∝ √D_k, the same for every compartment, or ∝ D_k^P
 _WEIGHT = {"size": float, "sqrt": math.sqrt, "equal": lambda n: 1.0}
 ALLOCATIONS = (*_WEIGHT, "power:P")
@@ -116,6 +116,11 @@ def segments(param_sizes: list[tuple[str, int]], scheme: str) -> list[tuple[str,
                 out.append((layer, offset, offset + n))
             offset += n
         return out
+    if scheme == "tensor":  # every parameter tensor (a weight, a bias) on its own
+        starts = [0]
+        for _, n in param_sizes:
+            starts.append(starts[-1] + n)
+        return [(name, lo, hi) for (name, _), lo, hi in zip(param_sizes, starts, starts[1:])]
     m = re.fullmatch(r"block:(\d+)", scheme)
     if m:
         size = int(m.group(1))

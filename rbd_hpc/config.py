@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 
-from .bases import DISTRIBUTIONS, NORMALIZATIONS, BasisConfig
+from .bases import BasisConfig
 from .compartments import allocation_weight, segments
 from .errors import UserError, require_choice, require_positive
 
@@ -76,6 +76,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float | None = None
     momentum: float = 0.0
+    weight_decay: float = 0.0          # decoupled: θ ← (1 − ηλ) θ every step
     schedule: str = "constant"
     seed: int = 0
     data_dir: str | None = None
@@ -102,8 +103,7 @@ class TrainConfig:
         require_choice("--model", self.model, MODELS)
         require_choice("--dataset", self.dataset, DATASETS)
         require_choice("--method", self.method, METHODS)
-        require_choice("--dist", self.dist, DISTRIBUTIONS)
-        require_choice("--normalize", self.normalize, NORMALIZATIONS)
+        BasisConfig(self.dist, self.normalize)  # validates --dist (incl. smooth:σ), --normalize
         require_choice("--mode", self.mode, MODES)
         require_choice("--schedule", self.schedule, SCHEDULES)
         require_choice("--device", self.device, DEVICES)
@@ -130,6 +130,12 @@ class TrainConfig:
             applies = ", ".join(MOMENTUM_METHODS[:-1]) + " and " + MOMENTUM_METHODS[-1]
             raise UserError(f"--momentum {self.momentum} applies to {applies} only, not to "
                             f"--method {self.method}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"--weight-decay {self.weight_decay} must be a finite number ≥ 0")
+        if self.lr * self.weight_decay >= 1:
+            raise UserError(f"--weight-decay {self.weight_decay} with --lr {self.lr} scales θ by "
+                            f"1 − ηλ = {1 - self.lr * self.weight_decay:g} per step; "
+                            f"ηλ must be below 1")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
         require_choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))

@@ -30,6 +30,7 @@ from .errors import UserError, require_choice
 from .seeds import Stream, derive_seed, numpy_rng
 
 DATASETS = ("mnist", "fmnist", "cifar10")
+SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W)
 DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",

@@ -44,8 +44,10 @@ def describe(path: str) -> tuple[str, dict]:
         f"method        {info['method']} ({info['mode']} mode, {info['world_size']} rank(s), "
         f"{info['device_type']}), {cfg['model']}-{cfg['dataset']}, seed {cfg['seed']}"
         + (f", momentum {cfg['momentum']:g} (velocity saved in snapshots)" if cfg.get("momentum")
-           else ""),
-        f"parameters    D = {D:,}; {n_coef} coefficients per step",
+           else "")
+        + (f", weight decay {cfg['weight_decay']:g}" if cfg.get("weight_decay") else ""),
+        f"parameters    D = {D:,}; {n_coef} coefficients per step"
+        + (f" ({cfg['dist']} directions)" if n_coef else ""),
         *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]
           if run.layout.get("compartments") else []),
         f"committed     {run.committed} steps",

@@ -41,6 +41,8 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
         label += f" {cfg['schedule']}"
     if cfg.get("momentum"):
         label += f" mom {cfg['momentum']:g}"
+    if cfg.get("weight_decay"):
+        label += f" wd {cfg['weight_decay']:g}"
     if cfg.get("augment"):
         label += " aug"
     return label

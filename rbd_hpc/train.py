@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bases import Basis
+from .bases import Basis, image_layers, smooth_sigma
 from .comm import theta_digest
 from .compartments import build_compartments
 from .config import TrainConfig
-from .data import BatchStream, Dataset, load_dataset, to_tensor
+from .data import SHAPES, BatchStream, Dataset, load_dataset, to_tensor
 from .errors import UserError
 from .methods import (NES, SGD, SPARSE_METHODS, FixedProjectionDescent, RandomBasesDescent,
                       SparseTraining)
@@ -50,7 +50,7 @@ def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, 
     """The method object for a config over a parameter layout (shared by train and replay)."""
     named_sizes = [(n, int(np.prod(s))) for n, s in named_shapes]
     if cfg.method == "sgd":
-        return SGD(comm, momentum=cfg.momentum), []
+        return SGD(comm, momentum=cfg.momentum, weight_decay=cfg.weight_decay), []
     if cfg.method in SPARSE_METHODS:
         if total_steps is None:
             raise ValueError("sparse methods need the run length")
@@ -61,22 +61,33 @@ def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, 
                 layers.append((name, offset, offset + n, tuple(shape)))
             offset += n
         return SparseTraining(cfg.method, layers, comm, cfg.seed, cfg.sparsity, cfg.sparsity_dist,
-                              total_steps, cfg.momentum, cfg.mask_every, cfg.drop_fraction), []
+                              total_steps, cfg.momentum, cfg.mask_every, cfg.drop_fraction,
+                              weight_decay=cfg.weight_decay), []
     compartments = build_compartments(named_sizes, cfg.compartments, cfg.d, cfg.d_per_compartment,
                                       cfg.allocate)
+    image = {}
+    if smooth_sigma(cfg.dist) is not None:
+        image = image_layers(compartments, named_shapes, SHAPES[cfg.dataset][0])
+        if not image:
+            raise UserError(f"--dist {cfg.dist} gives smooth directions to a fully connected first "
+                            f"layer in its own compartment: use an fc preset with --compartments "
+                            f"layer (here {cfg.model}, --compartments {cfg.compartments})")
     if cfg.method == "nes":
         odd = [c for c in compartments if c.d % 2]
         if odd:
             raise UserError(f"NES evaluates antithetic pairs: compartment {odd[0].name!r} got an odd "
                             f"d={odd[0].d}; use an even --d / --d-per-compartment")
-        basis = Basis(dataclasses.replace(cfg.basis, antithetic=True), cfg.seed, device)
+        basis = Basis(dataclasses.replace(cfg.basis, antithetic=True), cfg.seed, device,
+                      image_layers=image)
         return NES(compartments, basis, comm, mode="shared", chunk_size=cfg.chunk,
-                   redraw_every=cfg.redraw_every, world_size=1, sigma=cfg.sigma), compartments
-    basis = Basis(cfg.basis, cfg.seed, device)
+                   redraw_every=cfg.redraw_every, world_size=1, sigma=cfg.sigma,
+                   weight_decay=cfg.weight_decay), compartments
+    basis = Basis(cfg.basis, cfg.seed, device, image_layers=image)
     cls = FixedProjectionDescent if cfg.method == "fpd" else RandomBasesDescent
     method = cls(compartments, basis, comm, mode=cfg.mode, chunk_size=cfg.chunk,
                  redraw_every=cfg.redraw_every, world_size=world_size,
-                 keep_in_memory=cfg.keep_in_memory, momentum=cfg.momentum)
+                 keep_in_memory=cfg.keep_in_memory, momentum=cfg.momentum,
+                 weight_decay=cfg.weight_decay)
     if cfg.mode == "per-rank":
         too_many = [c for c in compartments if c.d * method.ranks > c.size]
         if too_many:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from rbd_hpc.bases import Basis, BasisConfig, fwht, power_of_two_blocks
+from rbd_hpc.bases import Basis, BasisConfig, ImageLayer, blur, fwht, gaussian_kernel, image_layers, power_of_two_blocks
+from rbd_hpc.compartments import build_compartments
 from rbd_hpc.errors import UserError
 
 DENSE = ("gaussian", "rademacher", "uniform")
@@ -124,3 +125,80 @@ def test_golden_directions_do_not_drift():
 
 
 GOLDEN_SRHT = [[1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0], [1.0, -1.0, -1.0, 1.0, -1.0, 1.0, -1.0, -1.0]]
+
+
+def smooth_basis(sigma=2.0, side=16, out=6, seed=3):
+    layer = ImageLayer(out, 1, side, side)
+    return Basis(BasisConfig(f"smooth:{sigma}"), seed, image_layers={0: layer}), layer
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0])
+def test_smooth_directions_are_unit_rank1_and_as_smooth_as_their_blur(sigma):
+    b, layer = smooth_basis(sigma)
+    P = b.matrix(0, 0, layer.size, range(200)).double()
+    assert torch.allclose(P.norm(dim=1), torch.ones(200, dtype=torch.float64), atol=1e-5)
+    n_w = layer.out * layer.inputs
+    for row in P[:20]:
+        # [W | b] is u aᵀ: rank one
+        s = torch.linalg.svdvals(torch.cat([row[:n_w].view(layer.out, -1),
+                                            row[n_w:].view(layer.out, 1)], dim=1))
+        assert s[1] < 1e-5 * s[0]
+    # the image part of a: neighbouring pixels correlate as blurred white noise does,
+    # Σ k_t k_{t+1} / Σ k_t² for the sampled kernel k (≈ exp(−1/(4σ²))), less a little at
+    # the zero-padded border
+    a = torch.stack([row[:n_w].view(layer.out, -1)[row[:n_w].view(layer.out, -1).norm(dim=1).argmax()]
+                     for row in P]).view(-1, 16, 16)
+    lag1 = float((a[:, :, 1:] * a[:, :, :-1]).sum() / (a * a).sum())
+    k = gaussian_kernel(sigma)
+    expected = float((k[1:] * k[:-1]).sum() / k.square().sum())
+    assert expected - 0.05 < lag1 <= expected + 0.01
+
+
+def test_smooth_project_and_combine_are_adjoint_and_keyed_by_index():
+    b, layer = smooth_basis()
+    P = b.matrix(4, 0, layer.size, range(30))
+    chunk, = b.chunks(4, 0, layer.size, range(30), chunk_size=7)
+    g = torch.randn(layer.size)
+    assert torch.allclose(chunk.project(g), P @ g, atol=1e-5)
+    c = torch.randn(30)
+    assert torch.allclose(chunk.combine(c), c @ P, atol=1e-5)
+    # a direction is a function of its key: the same bits in any range that contains it
+    assert torch.equal(P[10:20], b.matrix(4, 0, layer.size, range(10, 20)))
+    assert torch.equal(P[17:18], b.matrix(4, 0, layer.size, range(17, 18)))
+    assert not torch.equal(P[:10], b.matrix(5, 0, layer.size, range(10)))
+    # compartments that are not the image layer use srht
+    assert torch.equal(b.matrix(4, 1, 300, range(5)), Basis(BasisConfig("srht"), 3).matrix(4, 1, 300, range(5)))
+
+
+def test_smooth_directions_catch_more_of_an_image_gradient_than_srht():
+    # a gradient Σ_b δ_b x_bᵀ over smooth "images": the rank-1 smooth directions capture a
+    # far larger share of ‖g‖² than unstructured ones of the same norm
+    b, layer = smooth_basis(2.0, side=16, out=8)
+    gen = torch.Generator().manual_seed(0)
+    x = blur(torch.randn(32, 1, 16, 16, generator=gen), 3.0).view(32, -1)
+    x = torch.cat([x, torch.ones(32, 1)], dim=1)
+    g = (torch.randn(32, 8, generator=gen).T @ x)            # [W | b]
+    g = torch.cat([g[:, :-1].reshape(-1), g[:, -1]])
+    share = lambda P: float((P @ g).square().sum() / g.square().sum())
+    smooth = share(b.matrix(0, 0, layer.size, range(40)))
+    srht = share(Basis(BasisConfig("srht"), 3).matrix(0, 0, layer.size, range(40)))
+    assert smooth > 10 * srht
+
+
+def test_image_layers_only_for_a_fully_connected_first_layer_of_its_own():
+    fc = [("fc1.weight", (128, 784)), ("fc1.bias", (128,)), ("fc2.weight", (10, 128)), ("fc2.bias", (10,))]
+    sizes = [(n, math.prod(s)) for n, s in fc]
+    layer = build_compartments(sizes, "layer", d_total=20)
+    assert image_layers(layer, fc, 1) == {0: ImageLayer(128, 1, 28, 28)}
+    assert image_layers(build_compartments(sizes, "network", d_total=20), fc, 1) == {}
+    assert image_layers(layer, fc, 3) == {}                    # 784 is not 3 · side²
+    cnn = [("conv1.weight", (32, 1, 3, 3)), ("conv1.bias", (32,)), ("fc1.weight", (64, 576)),
+           ("fc1.bias", (64,))]
+    cnn_layers = build_compartments([(n, math.prod(s)) for n, s in cnn], "layer", d_total=20)
+    assert image_layers(cnn_layers, cnn, 1) == {}               # 576 = 24² but not the input
+
+
+@pytest.mark.parametrize("dist", ["smooth:0", "smooth:-1", "smooth:x", "smooth:17", "smooth:nan"])
+def test_bad_smooth_sigma_is_a_user_error(dist):
+    with pytest.raises(UserError, match=r"σ must be a number of pixels in \(0, 16\]"):
+        BasisConfig(dist)

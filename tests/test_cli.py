@@ -26,7 +26,7 @@ def assert_user_error(proc, *fragments):
     (["--d", "-5"], ["--d -5"]),
     (["--d", "200000"], ["--d 200000 exceeds the number of parameters (101770)"]),
     (["--d-per-compartment", "2000", "--compartments", "layer"], ["larger than compartment 'fc2'"]),
-    (["--compartments", "rows"], ["--compartments 'rows'", "network, layer, block:N"]),
+    (["--compartments", "rows"], ["--compartments 'rows'", "network, layer, tensor, block:N"]),
     (["--allocate", "even"], ["--allocate 'even'", "size, sqrt, equal, power:P"]),
     (["--allocate", "power:half"], ["--allocate 'power:half': P must be a finite number"]),
     (["--mode", "both"], ["--mode 'both'", "shared, per-rank"]),
@@ -38,6 +38,15 @@ def assert_user_error(proc, *fragments):
     (["--method", "nes", "--momentum", "0.9"],
      ["--momentum 0.9 applies to rbd, fpd, sgd, rigl, set and static only, not to --method nes"]),
     (["--momentum", "1"], ["--momentum 1.0 must be in [0, 1)"]),
+    (["--dist", "smooth:0"], ["--dist 'smooth:0': σ must be a number of pixels in (0, 16]"]),
+    (["--dist", "smooth:2"], ["--dist smooth:2 gives smooth directions to a fully connected first layer",
+                              "here fc, --compartments network"]),
+    (["--preset", "cnn-fmnist", "--dist", "smooth:2", "--compartments", "layer"],
+     ["--dist smooth:2", "here cnn, --compartments layer"]),
+    (["--weight-decay", "-0.1"], ["--weight-decay -0.1 must be a finite number ≥ 0"]),
+    (["--weight-decay", "nan"], ["--weight-decay nan must be a finite number ≥ 0"]),
+    (["--weight-decay", "4", "--lr", "0.5"],
+     ["--weight-decay 4.0 with --lr 0.5 scales θ by 1 − ηλ = -1 per step; ηλ must be below 1"]),
 ])
 def test_bad_train_arguments(args, fragments, idx_dir):
     assert_user_error(run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1", *args), *fragments)

@@ -61,6 +61,8 @@ def test_split_d_errors():
 def test_schemes():
     assert segments(FC, "network") == [("network", 0, 101770)]
     assert segments(FC, "layer") == [("fc1", 0, 100480), ("fc2", 100480, 101770)]
+    assert segments(FC, "tensor") == [("fc1.weight", 0, 100352), ("fc1.bias", 100352, 100480),
+                                      ("fc2.weight", 100480, 101760), ("fc2.bias", 101760, 101770)]
     blocks = segments(FC, "block:50000")
     assert [(s, e) for _, s, e in blocks] == [(0, 50000), (50000, 100000), (100000, 101770)]
 
@@ -72,6 +74,13 @@ def test_build_compartments_covers_theta_once():
     assert sum(c.d for c in comps) == 250
 
 
+def test_tensor_compartments_give_biases_their_own_directions():
+    comps = build_compartments(FC, "tensor", d_total=250, allocate="equal")
+    # 62 or 63 each, but fc2.bias has only 10 parameters: capped, the rest to the largest
+    assert [(c.name, c.d) for c in comps] == [("fc1.weight", 115), ("fc1.bias", 63),
+                                              ("fc2.weight", 62), ("fc2.bias", 10)]
+
+
 def test_d_per_compartment():
     comps = build_compartments(FC, "layer", d_per_compartment=50)
     assert [c.d for c in comps] == [50, 50]
@@ -80,7 +89,7 @@ def test_d_per_compartment():
 
 
 @pytest.mark.parametrize("bad,message", [
-    ("layers", "--compartments 'layers' is not valid; choose one of: network, layer, block:N"),
+    ("layers", "--compartments 'layers' is not valid; choose one of: network, layer, tensor, block:N"),
     ("block:N", "--compartments 'block:N' is not valid"),  # the placeholder itself
     ("block:x", "--compartments 'block:x' is not valid"),
     ("block:0", "--compartments block:0: block size must be positive"),

@@ -144,6 +144,52 @@ def test_rbd_momentum_is_heavy_ball_over_the_logged_directions(mode):
     assert plain.state_size(D) == 0 and mom.state_size(D) == D
 
 
+def test_sgd_weight_decay_is_decoupled():
+    theta = torch.full((4,), 2.0)
+    sgd = SGD(SingleProcess(), momentum=0.5, weight_decay=0.25)
+    g = torch.ones(4)
+    sgd.step(theta, g, 0, 0.1)   # θ = 2 · (1 − 0.025) − 0.1 · 1
+    sgd.step(theta, g, 1, 0.1)   # θ = θ · 0.975 − 0.1 · 1.5
+    assert torch.allclose(theta, torch.full((4,), (2 * 0.975 - 0.1) * 0.975 - 0.15), atol=1e-6)
+    assert not torch.allclose(theta, torch.full((4,), 2 - 0.1 - 0.15), atol=1e-2)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.8])
+@pytest.mark.parametrize("mode", ["shared", "per-rank"])
+def test_rbd_weight_decay_scales_theta_then_steps_and_replays_bitwise(mode, momentum):
+    comps = build_compartments(SIZES, "layer", d_total=16)
+    basis = Basis(BasisConfig("srht"), 5)
+    kw = dict(mode=mode, chunk_size=4, momentum=momentum)
+    wd = RandomBasesDescent(comps, basis, SingleProcess(), weight_decay=0.5, **kw)
+    plain = RandomBasesDescent(comps, basis, SingleProcess(), mode=mode, chunk_size=4)
+    theta = torch.linspace(-1, 1, D)
+    theta0 = theta.clone()
+    expected, v = theta0.double().clone(), torch.zeros(D, dtype=torch.float64)
+    logs, lrs = [], [0.1, 0.1, 0.05, 0.02, 0.2, 0.1]
+    for step, lr in enumerate(lrs):
+        c = wd.step(theta, torch.sin(3 * theta + step), step, lr).coefficients
+        logs.append(c)
+        u = torch.zeros(D)  # Σ c φ of the same step
+        plain.replay_step(u, step, -1.0, c)
+        v = momentum * v + u.double()
+        expected = (1 - lr * 0.5) * expected - lr * v
+    assert torch.allclose(theta.double(), expected, atol=1e-5)
+    # the decay is what moved θ this far from the undecayed trajectory of the same steps
+    without = theta0.double().clone()
+    v = torch.zeros(D, dtype=torch.float64)
+    for step, (lr, c) in enumerate(zip(lrs, logs)):
+        u = torch.zeros(D)
+        plain.replay_step(u, step, -1.0, c)
+        v = momentum * v + u.double()
+        without -= lr * v
+    assert (theta.double() - without).abs().max() > 0.1
+    again = RandomBasesDescent(comps, basis, SingleProcess(), weight_decay=0.5, **kw)
+    replayed = theta0.clone()
+    for step, (lr, c) in enumerate(zip(lrs, logs)):
+        again.replay_step(replayed, step, lr, c)
+    assert torch.equal(replayed, theta)
+
+
 @pytest.mark.parametrize("cls,redraw", [(FixedProjectionDescent, 1), (RandomBasesDescent, 3)])
 def test_keep_in_memory_is_bitwise_the_same(cls, redraw):
     comps = build_compartments(SIZES, "layer", d_total=12)

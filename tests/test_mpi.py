@@ -63,6 +63,21 @@ def test_momentum_keeps_ranks_identical_sends_d_floats_and_replays(mode, idx_dir
     assert "verify: OK over 12 steps, 4 snapshots, max |diff| 0" in proc.stdout, proc.stdout
 
 
+def test_smooth_basis_per_rank_equals_one_process_and_replays(idx_dir, tmp_path):
+    # per-rank mode draws each rank's share of the smooth directions in its own chunk, then
+    # applies all of them: the directions must not depend on the range they are drawn in
+    smooth = ["--dist", "smooth:2", "--compartments", "layer", "--d-per-compartment", "6",
+              "--steps", "10", "--snapshot-every", "5"]
+    per_rank, single = tmp_path / "pr.h5", tmp_path / "single.h5"
+    last = train_mpi(2, per_rank, idx_dir, *smooth, "--mode", "per-rank", "--check-every", "1")
+    assert last["bytes_per_step"] == 4 * 12  # this rank's 6 per layer
+    train_mpi(1, single, idx_dir, *smooth[:-5], "12", *smooth[-4:])
+    np.testing.assert_allclose(coefficients(per_rank), coefficients(single), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(final_theta(per_rank), final_theta(single), rtol=0, atol=1e-6)
+    proc = run_cli("replay", per_rank, "--verify")
+    assert "verify: OK over 10 steps, 3 snapshots, max |diff| 0" in proc.stdout, proc.stdout
+
+
 def test_shared_mode_two_ranks_match_one_rank(idx_dir, tmp_path):
     one = tmp_path / "one.h5"
     two = tmp_path / "two.h5"

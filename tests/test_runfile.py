@@ -225,6 +225,27 @@ def test_rbd_momentum_replays_seeks_and_resumes_bitwise(idx_dir, tmp_path):
     assert run_cli("replay", cut, "--verify").returncode == 0
 
 
+def test_rbd_weight_decay_with_a_schedule_replays_and_resumes_bitwise(idx_dir, tmp_path):
+    ref = tmp_path / "wd.h5"
+    args = ["--steps", "40", "--d", "24", "--snapshot-every", "15", "--weight-decay", "0.5",
+            "--lr", "0.2", "--schedule", "cosine"]
+    train(idx_dir, ref, *args)
+    proc = run_cli("replay", ref, "--verify")
+    assert "verify: OK over 40 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    assert "fc-fmnist, seed 0, weight decay 0.5\n" in run_cli("inspect", ref).stdout
+    plain = tmp_path / "plain.h5"
+    train(idx_dir, plain, *args[:6], "--lr", "0.2", "--schedule", "cosine")
+    with RunFile(ref) as run, RunFile(plain) as other:
+        # the same logged coefficients for the first step; the decay is what separates θ
+        assert np.array_equal(run.steps(0, 1)["coefficients"], other.steps(0, 1)["coefficients"])
+        assert np.linalg.norm(final_theta(ref)) < 0.99 * np.linalg.norm(final_theta(plain))
+    cut = copy(ref, tmp_path / "cut.h5")
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [23, 2]  # steps 0..22 and the snapshots at 0 and 15
+    train(idx_dir, cut, "--resume", cut)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
+
+
 def test_sigkill_at_random_moments_then_resume_is_bitwise(idx_dir, tmp_path):
     args = ["--steps", "90", "--d", "120", "--snapshot-every", "20", "--compartments", "layer"]
     ref = tmp_path / "ref.h5"

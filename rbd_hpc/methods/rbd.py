@@ -26,6 +26,7 @@ class RandomBasesDescent(Velocity):
     With ``momentum`` μ > 0 the step goes through a velocity, v ← μ v + Σ_i c_i φ_i and
     θ ← θ − η v: the same d coefficients per step are exchanged and logged, and replay
     rebuilds v from them (the velocity is D floats of memory, saved in snapshots).
+    With ``weight_decay`` λ > 0, θ ← (1 − ηλ) θ before each step (decoupled weight decay).
 
     Modes (DESIGN.md "Two parallel modes"):
       shared   — every rank uses the same d directions on its own data shard; the
@@ -40,7 +41,7 @@ class RandomBasesDescent(Velocity):
     def __init__(self, compartments: list[Compartment], basis: Basis, comm,
                  mode: str = "shared", chunk_size: int = 50, redraw_every: int = 1,
                  world_size: int | None = None, keep_in_memory: bool = False,
-                 momentum: float = 0.0):
+                 momentum: float = 0.0, weight_decay: float = 0.0):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
         self.compartments = compartments
@@ -50,6 +51,7 @@ class RandomBasesDescent(Velocity):
         self.chunk_size = chunk_size
         self.redraw_every = redraw_every
         self.momentum = momentum
+        self.weight_decay = weight_decay
         self.velocity = None
         # per-rank mode: R·d_k directions per compartment (R from the run file on replay)
         self.ranks = (world_size or comm.size) if mode == "per-rank" else 1
@@ -118,4 +120,5 @@ class RandomBasesDescent(Velocity):
     def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for) -> torch.Tensor:
         """The step through the one update function, with this method's velocity if any."""
         velocity = self.velocity_for(theta) if self.momentum else None
-        return apply_step(theta, self._chunks(step), lr, coefficients_for, velocity, self.momentum)
+        return apply_step(theta, self._chunks(step), lr, coefficients_for, velocity, self.momentum,
+                          self.weight_decay)

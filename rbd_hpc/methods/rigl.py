@@ -5,7 +5,7 @@ by Erdős–Rényi-Kernel (ERK). Every ΔT steps until 75% of training, a fracti
 layer's active weights — α_t = α/2 (1 + cos(π t / T_end)) — is dropped by smallest
 magnitude and as many inactive connections are grown: by largest gradient magnitude
 (RigL) or at random (SET); grown weights start at zero. Static never changes its mask.
-The optimiser is SGD (optional momentum) on the masked weights. Under MPI it is
+The optimiser is SGD (optional momentum and weight decay) on the masked weights. Under MPI it is
 data-parallel: the dense gradient is averaged, so every rank grows the same connections.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from ..seeds import Stream, derive_seed, numpy_rng
 from .rbd import StepResult
-from .update import Velocity
+from .update import Velocity, decay_
 
 SPARSE_METHODS = ("rigl", "set", "static")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
@@ -44,11 +44,12 @@ class SparseTraining(Velocity):
 
     def __init__(self, kind: str, layers: list[tuple[str, int, int, tuple]], comm, seed: int,
                  sparsity: float, distribution: str, total_steps: int, momentum: float = 0.0,
-                 update_every: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75):
+                 update_every: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
+                 weight_decay: float = 0.0):
         """``layers``: (name, start, stop, shape) of every weight tensor to sparsify."""
         self.name, self.kind, self.comm, self.seed = kind, kind, comm, seed
         self.layers = layers
-        self.sparsity, self.momentum = sparsity, momentum
+        self.sparsity, self.momentum, self.weight_decay = sparsity, momentum, weight_decay
         self.update_every, self.drop_fraction = update_every, drop_fraction
         self.t_end = int(end_fraction * total_steps)
         density = 1.0 - sparsity
@@ -82,6 +83,7 @@ class SparseTraining(Velocity):
         upd = g * self.mask
         if self.momentum:
             upd = self.velocity_for(theta).mul_(self.momentum).add_(upd) * self.mask
+        decay_(theta, lr, self.weight_decay)
         theta.add_(upd, alpha=-lr)
         theta.mul_(self.mask)
         return StepResult(torch.zeros(0, dtype=torch.float32))

@@ -1,19 +1,23 @@
-"""Plain SGD baseline, optionally with heavy-ball momentum. Data-parallel under MPI."""
+"""Plain SGD baseline, optionally with heavy-ball momentum and decoupled weight decay.
+
+Data-parallel under MPI.
+"""
 from __future__ import annotations
 
 import torch
 
 from .rbd import StepResult
-from .update import Velocity
+from .update import Velocity, decay_
 
 
 class SGD(Velocity):
     name = "sgd"
     replayable = False  # its steps are full D-dimensional gradients, not coefficients
 
-    def __init__(self, comm, momentum: float = 0.0):
+    def __init__(self, comm, momentum: float = 0.0, weight_decay: float = 0.0):
         self.comm = comm
         self.momentum = momentum
+        self.weight_decay = weight_decay
         self.velocity = None
         self.n_coefficients = 0
 
@@ -21,5 +25,6 @@ class SGD(Velocity):
         g = self.comm.allreduce_mean(grad)  # the baseline exchanges all D floats
         if self.momentum:
             g = self.velocity_for(theta).mul_(self.momentum).add_(g)
+        decay_(theta, lr, self.weight_decay)
         theta.add_(g, alpha=-lr)
         return StepResult(torch.zeros(0, dtype=torch.float32))

@@ -41,16 +41,28 @@ def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
     never on the rank or the number of ranks. With ``reuse`` (the default) dense chunks
     share scratch buffers: consume them one at a time, or pass reuse=False to list them.
     """
-    batched = basis.config.dist == "srht"
+    batched = basis.config.structured
     for first, count, size, n, start, stop in groups(compartments, directions_per_compartment,
                                                      batched):
         for chunk in basis.chunks(key_step, first, size, range(n), chunk_size, count, reuse):
             yield slice(start, stop), chunk
 
 
+def decay_(theta: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """Decoupled weight decay, θ ← (1 − ηλ) θ (Loshchilov & Hutter 2019), in place.
+
+    A deterministic function of θ and the step's logged rate, so it costs no traffic and
+    replays exactly; it is the restoring force that the random-walk part of a random-bases
+    step (the components of Σ c_i φ_i orthogonal to the gradient) otherwise lacks.
+    """
+    if weight_decay:
+        theta.mul_(1.0 - lr * weight_decay)
+
+
 def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
                coefficients_for: Callable[[slice, object], torch.Tensor],
-               velocity: torch.Tensor | None = None, momentum: float = 0.0) -> torch.Tensor:
+               velocity: torch.Tensor | None = None, momentum: float = 0.0,
+               weight_decay: float = 0.0) -> torch.Tensor:
     """θ_k ← θ_k − η Σ_i c_i φ_i chunk by chunk; returns the coefficients applied (float32).
 
     ``coefficients_for(span, chunk)`` supplies the chunk's coefficients: in training it
@@ -61,7 +73,10 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     With a ``velocity`` (heavy-ball momentum μ): v ← μ v + Σ_i c_i φ_i, then θ ← θ − η v.
     v is still a sum of coefficient × regenerable direction, so the run replays from its
     coefficients alone; it lives only in memory and in snapshots.
+
+    With ``weight_decay`` λ, θ is first scaled by 1 − ηλ (``decay_``).
     """
+    decay_(theta, lr, weight_decay)
     if velocity is None:
         target, scale = theta, -lr
     else:
