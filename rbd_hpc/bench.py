@@ -30,6 +30,7 @@ from .errors import UserError
 from .methods import SGD, RandomBasesDescent
 from .models import FlatParameters, build_model
 
+
 def reference_step(theta: torch.Tensor, grad: torch.Tensor, d: int, lr: float, chunk: int = 50):
     """The baseline path: generate each chunk, project, then apply (no seed keying)."""
     D = theta.numel()

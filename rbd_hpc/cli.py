@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--drop-fraction", type=_float, help="RigL/SET: initial drop fraction α")
     t.add_argument("--d", type=_int, help="directions per step (split over compartments by size)")
     t.add_argument("--d-per-compartment", type=_int, help="directions per compartment instead of --d")
-    t.add_argument("--dist", help="gaussian, rademacher, uniform or srht")
+    t.add_argument("--dist", help="gaussian, rademacher, uniform, srht or smooth:σ (fc presets with "
+                                  "--compartments layer: rank-1 directions, blurred-image input side)")
     t.add_argument("--normalize", help="expected (E‖φ‖²=1, default) or exact (‖φ‖=1)")
     t.add_argument("--antithetic", action="store_true", default=None, help="directions in pairs (φ, −φ)")
     t.add_argument("--compartments", help="network, layer, tensor or block:N")
