@@ -158,6 +158,10 @@ def test_smooth_project_and_combine_are_adjoint_and_keyed_by_index():
     b, layer = smooth_basis()
     P = b.matrix(4, 0, layer.size, range(30))
     chunk, = b.chunks(4, 0, layer.size, range(30), chunk_size=7)
+    # φ_j laid out as θ holds the layer: W = u_j a_jᵀ (row-major, image inputs), then b = u_j · a_j[-1]
+    explicit = torch.stack([torch.cat([torch.outer(u, a[:-1]).reshape(-1), u * a[-1]])
+                            for u, a in zip(chunk.u, chunk.a)])
+    assert torch.allclose(P, explicit, atol=1e-7)
     g = torch.randn(layer.size)
     assert torch.allclose(chunk.project(g), P @ g, atol=1e-5)
     c = torch.randn(30)
@@ -202,3 +206,15 @@ def test_image_layers_only_for_a_fully_connected_first_layer_of_its_own():
 def test_bad_smooth_sigma_is_a_user_error(dist):
     with pytest.raises(UserError, match=r"σ must be a number of pixels in \(0, 16\]"):
         BasisConfig(dist)
+
+
+def test_blur_of_a_point_is_the_scaled_gaussian_and_keeps_white_noise_at_unit_variance():
+    k = gaussian_kernel(1.5)
+    img = torch.zeros(1, 1, 21, 21, dtype=torch.float64)
+    img[0, 0, 10, 10] = 1.0
+    r = (k.numel() - 1) // 2
+    expected = torch.zeros(21, 21, dtype=torch.float64)
+    expected[10 - r:11 + r, 10 - r:11 + r] = torch.outer(k, k) / k.square().sum()
+    assert torch.allclose(blur(img, 1.5)[0, 0], expected, atol=1e-12)
+    noise = blur(torch.randn(200, 1, 40, 40, generator=torch.Generator().manual_seed(1)), 1.5)
+    assert abs(float(noise[:, :, 10:30, 10:30].var()) - 1.0) < 0.05
