@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("replay", help="regenerate a run's weights from its seed log, without data")
     r.add_argument("run")
-    r.add_argument("--step", type=_int, help="stop after N steps (default: all committed)")
+    r.add_argument("--step", type=_int, help="stop after N steps (default: all committed); with "
+                                             "--verify, check the snapshots up to step N")
     r.add_argument("--out", help="write the weights to a .npz or .pt file")
     r.add_argument("--verify", action="store_true", help="compare with every stored snapshot")
     r.add_argument("--threads", type=_int, help="torch threads (default: the run's --threads, "
@@ -204,16 +205,16 @@ def cmd_replay(args) -> int:
         threads = args.threads or TrainConfig.from_json(run.config_json).threads
         if threads:
             torch.set_num_threads(threads)
+        target = run.committed if args.step is None else args.step
         if args.verify:
-            ok, worst, lines = verify(run)
+            ok, worst, lines = verify(run, target)  # --step N: the snapshots up to step N
             for line in lines:
                 print(line)
             n = torch.get_num_threads()
-            print(f"verify: {'OK' if ok else 'MISMATCH'} over {run.committed} steps, "
+            print(f"verify: {'OK' if ok else 'MISMATCH'} over {target} steps, "
                   f"{len(lines)} snapshots, max |diff| {worst:.3g} ({n} thread{'s' * (n > 1)})")
             if not ok:
                 return 1
-        target = run.committed if args.step is None else args.step
         if args.out or not args.verify:
             theta = replay_to(run, target)
             if args.out:

@@ -67,8 +67,9 @@ def replay_to(run: RunFile, target: int, method=None,
     return theta_t.numpy()
 
 
-def verify(run: RunFile) -> tuple[bool, float, list[str]]:
-    """Replay from θ0 and compare with every stored snapshot: (ok, max |diff|, report lines)."""
+def verify(run: RunFile, until: int | None = None) -> tuple[bool, float, list[str]]:
+    """Replay from θ0 to step ``until`` (default: the last committed) and compare with every
+    stored snapshot on the way: (ok, max |diff|, report lines)."""
     snaps = {int(s): i for i, s in enumerate(run.snapshot_steps())}
     worst, lines, ok = 0.0, [], True
 
@@ -83,7 +84,8 @@ def verify(run: RunFile) -> tuple[bool, float, list[str]]:
             lines.append(f"step {done}: {'bitwise equal' if same else 'MISMATCH'} "
                          f"(max |diff| {diff:.3g})")
     compare(0, torch.from_numpy(run.theta0()))
-    replay_to(run, run.committed, on_step=compare, start_from_theta0=True)
+    replay_to(run, run.committed if until is None else until, on_step=compare,
+              start_from_theta0=True)
     return ok, worst, lines
 
 

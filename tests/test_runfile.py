@@ -58,6 +58,10 @@ def test_replay_to_a_step_matches_the_snapshot_and_pt_output(rbd_run, tmp_path):
 
     proc = run_cli("replay", rbd_run, "--step", "30", "--out", tmp_path / "w.pt")
     assert proc.returncode == 0, proc.stderr
+    # --verify with --step checks the snapshots up to that step only
+    proc = run_cli("replay", rbd_run, "--step", "30", "--verify")
+    assert "verify: OK over 30 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    assert "step 40:" not in proc.stdout
     state = torch.load(tmp_path / "w.pt")
     with RunFile(rbd_run) as run:
         i = list(run.snapshot_steps()).index(30)
