@@ -274,6 +274,20 @@ def image_layers(compartments, named_shapes: list[tuple[str, tuple]],
     return {c.index: layer for c in compartments if c.start == 0 and c.stop == layer.size}
 
 
+def smooth_image_layers(dist: str, compartments, named_shapes: list[tuple[str, tuple]],
+                        channels: int, here: str) -> dict[int, ImageLayer]:
+    """The ``image_layers`` a basis of ``dist`` needs: {} unless ``smooth:σ``, which must find
+    one (a UserError naming ``here``, e.g. "cnn, --compartments layer", otherwise)."""
+    if smooth_sigma(dist) is None:
+        return {}
+    image = image_layers(compartments, named_shapes, channels)
+    if not image:
+        raise UserError(f"--dist {dist} gives smooth directions to a fully connected first "
+                        f"layer in its own compartment: use an fc preset with --compartments "
+                        f"layer (here {here})")
+    return image
+
+
 def gaussian_kernel(sigma: float) -> torch.Tensor:
     """The 1-D Gaussian of σ (float64, radius ⌈3σ⌉, sum 1)."""
     r = math.ceil(3 * sigma)

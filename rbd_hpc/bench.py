@@ -22,11 +22,10 @@ import time
 import torch
 from torch import nn
 
-from .bases import Basis, BasisConfig, image_layers, smooth_sigma
+from .bases import Basis, BasisConfig, smooth_image_layers
 from .comm import SingleProcess
 from .compartments import build_compartments
 from .data import SHAPES
-from .errors import UserError
 from .methods import SGD, RandomBasesDescent
 from .models import FlatParameters, build_model
 
@@ -44,6 +43,7 @@ class Harness:
 
     def __init__(self, model: str, dataset: str, batch_size: int = 32, device: str = "cpu"):
         gen = torch.Generator().manual_seed(0)
+        self.model_name = model
         self.model = build_model(model, SHAPES[dataset], gen).to(device)
         self.flat = FlatParameters(self.model)
         self.x = torch.rand((batch_size,) + SHAPES[dataset], generator=gen).to(device)
@@ -57,9 +57,8 @@ class Harness:
 
     def rbd(self, d: int, dist: str, compartments: str, chunk: int = 50) -> RandomBasesDescent:
         comps = build_compartments(self.flat.named_sizes(), compartments, d)
-        image = image_layers(comps, list(zip(self.flat.names, self.flat.shapes)), self.x.shape[1])
-        if smooth_sigma(dist) is not None and not image:
-            raise UserError(f"--dist {dist} needs --model fc with --compartments layer")
+        image = smooth_image_layers(dist, comps, list(zip(self.flat.names, self.flat.shapes)),
+                                    self.x.shape[1], f"{self.model_name}, --compartments {compartments}")
         basis = Basis(BasisConfig(dist), 0, self.device, image_layers=image)
         return RandomBasesDescent(comps, basis, SingleProcess(), chunk_size=chunk)
 

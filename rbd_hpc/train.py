@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bases import Basis, image_layers, smooth_sigma
+from .bases import Basis, smooth_image_layers
 from .comm import theta_digest
 from .compartments import build_compartments
 from .config import TrainConfig
@@ -65,13 +65,8 @@ def build_method(cfg: TrainConfig, named_shapes: list[tuple[str, tuple]], comm, 
                               weight_decay=cfg.weight_decay), []
     compartments = build_compartments(named_sizes, cfg.compartments, cfg.d, cfg.d_per_compartment,
                                       cfg.allocate)
-    image = {}
-    if smooth_sigma(cfg.dist) is not None:
-        image = image_layers(compartments, named_shapes, SHAPES[cfg.dataset][0])
-        if not image:
-            raise UserError(f"--dist {cfg.dist} gives smooth directions to a fully connected first "
-                            f"layer in its own compartment: use an fc preset with --compartments "
-                            f"layer (here {cfg.model}, --compartments {cfg.compartments})")
+    image = smooth_image_layers(cfg.dist, compartments, named_shapes, SHAPES[cfg.dataset][0],
+                                f"{cfg.model}, --compartments {cfg.compartments}")
     if cfg.method == "nes":
         odd = [c for c in compartments if c.d % 2]
         if odd:
