@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=_float, help="heavy-ball momentum μ in [0, 1) (rbd, fpd, sgd, rigl, set, static)")
     t.add_argument("--weight-decay", type=_float,
                    help="decoupled weight decay λ ≥ 0: θ ← (1 − ηλ) θ every step (all methods)")
+    t.add_argument("--svrg-every", type=_int,
+                   help="SVRG: project g_b(θ) − g_b(θ̃) + μ̃, with θ̃ and the training-set "
+                        "gradient μ̃ renewed every N steps (rbd, fpd; e.g. 1718, one "
+                        "Fashion-MNIST epoch at batch 32)")
     t.add_argument("--schedule", help="constant or cosine")
     t.add_argument("--seed", type=_int, help="root seed of the seed schedule")
     t.add_argument("--data-dir", help="data directory (default $RBD_DATA or the Fashion-MNIST package)")
@@ -127,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
               "allocate", "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "weight_decay",
-              "schedule",
+              "svrg_every", "schedule",
               "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
               "device", "threads", "keep_in_memory", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
 

@@ -18,6 +18,7 @@ from .errors import UserError, require_choice, require_positive
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
 # methods that step along the full gradient (no coefficients logged, not replayable)
 GRADIENT_METHODS = ("sgd", "rigl", "set", "static")
+SVRG_METHODS = ("rbd", "fpd")  # methods that project a gradient onto random directions
 MOMENTUM_METHODS = ("rbd", "fpd", *GRADIENT_METHODS)  # NES steps are shaped ranks
 MODES = ("shared", "per-rank")
 SCHEDULES = ("constant", "cosine")
@@ -77,6 +78,7 @@ class TrainConfig:
     lr: float | None = None
     momentum: float = 0.0
     weight_decay: float = 0.0          # decoupled: θ ← (1 − ηλ) θ every step
+    svrg_every: int = 0                # SVRG anchor every N steps (rbd, fpd); 0: off
     schedule: str = "constant"
     seed: int = 0
     data_dir: str | None = None
@@ -136,6 +138,16 @@ class TrainConfig:
             raise UserError(f"--weight-decay {self.weight_decay} with --lr {self.lr} scales θ by "
                             f"1 − ηλ = {1 - self.lr * self.weight_decay:g} per step; "
                             f"ηλ must be below 1")
+        if self.svrg_every < 0:
+            raise UserError(f"--svrg-every {self.svrg_every} must be a number of steps ≥ 1 "
+                            "(0: off)")
+        if self.svrg_every and self.method not in SVRG_METHODS:
+            raise UserError(f"--svrg-every corrects the gradient that rbd and fpd project, "
+                            f"not --method {self.method}")
+        if self.svrg_every and self.augment:
+            raise UserError("--svrg-every with --augment: the anchor gradient is taken over the "
+                            "unaugmented training set, so the correction would be biased; "
+                            "drop one of them")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
         require_choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))

@@ -45,7 +45,8 @@ def describe(path: str) -> tuple[str, dict]:
         f"{info['device_type']}), {cfg['model']}-{cfg['dataset']}, seed {cfg['seed']}"
         + (f", momentum {cfg['momentum']:g} (velocity saved in snapshots)" if cfg.get("momentum")
            else "")
-        + (f", weight decay {cfg['weight_decay']:g}" if cfg.get("weight_decay") else ""),
+        + (f", weight decay {cfg['weight_decay']:g}" if cfg.get("weight_decay") else "")
+        + (f", svrg every {cfg['svrg_every']} steps" if cfg.get("svrg_every") else ""),
         f"parameters    D = {D:,}; {n_coef} coefficients per step"
         + (f" ({cfg['dist']} directions)" if n_coef else ""),
         *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]

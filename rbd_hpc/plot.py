@@ -43,6 +43,8 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
         label += f" mom {cfg['momentum']:g}"
     if cfg.get("weight_decay"):
         label += f" wd {cfg['weight_decay']:g}"
+    if cfg.get("svrg_every"):
+        label += f" svrg {cfg['svrg_every']}"
     if cfg.get("augment"):
         label += " aug"
     return label

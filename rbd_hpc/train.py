@@ -31,6 +31,7 @@ from .methods import (NES, SGD, SPARSE_METHODS, FixedProjectionDescent, RandomBa
 from .models import FlatParameters, build_model
 from .runlog import METRIC_COLUMNS, RunFile, RunWriter, run_attrs
 from .seeds import Stream, derive_seed, torch_generator
+from .svrg import Anchor, anchor_step, anchor_theta, share_of
 
 COMMIT_SECONDS = 0.5  # commit buffered rows at least this often: a kill loses < 0.5 s of work
 
@@ -230,11 +231,19 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
                         "samples")
     standardize = cfg.dataset == "cifar10"  # the official CIFAR-10 preprocessing
     has_buffers = any(True for _ in model.buffers())
+    anchor = None
+    if cfg.svrg_every:
+        if has_buffers:
+            raise UserError(f"--svrg-every needs a model without BatchNorm (fc or cnn), not "
+                            f"{cfg.model}: BatchNorm makes a sample's gradient depend on its batch")
+        anchor = Anchor(model, device, standardize)
+        anchor_share = share_of(len(data.train.y), comm.rank, comm.size, per_rank_data)
     state_size = method.state_size(flat.dim)
     theta0 = flat.theta.detach().cpu().numpy().copy()
 
     # -- resume point (rank 0 reads, everyone receives it once) --------------------
     start = 0
+    resume_anchor = None
     writer = None
     existing = None
     if resume:
@@ -242,10 +251,14 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
             existing = RunFile(out_path)
             point = resume_point(existing, method, has_buffers)
             theta0 = existing.theta0()
-            payload = (point.steps_done, point.theta, point.buffers, point.state)
+            # θ̃ of a resume inside an SVRG period: replayed from the file up to its anchor step
+            anchor_at = anchor_step(point.steps_done, cfg.svrg_every or 1)
+            theta_anchor = (anchor_theta(existing, anchor_at) if anchor_at < point.steps_done
+                            else None)
+            payload = (point.steps_done, point.theta, point.buffers, point.state, theta_anchor)
         else:
             payload = None
-        start, theta, buffers, state = comm.broadcast_object(payload)
+        start, theta, buffers, state, resume_anchor = comm.broadcast_object(payload)
         flat.theta.copy_(torch.from_numpy(theta))
         if buffers.size:
             load_buffers(model, buffers)
@@ -262,6 +275,9 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         if writer.committed_snapshots == 0:  # θ0 is snapshot 0 (step count 0)
             writer.commit(snapshot=(0, theta0, buffers_vector(model), np.zeros(state_size)))
     metrics_file = open(metrics_path, "a" if resume else "w") if (is_root and metrics_path) else None
+
+    if anchor is not None and start % cfg.svrg_every:
+        anchor.refresh(torch.from_numpy(resume_anchor).to(device), data.train, *anchor_share)
 
     # -- the loop ------------------------------------------------------------------
     bar = Progress(total - start, progress and is_root)
@@ -283,6 +299,11 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         loss = loss_fn(model(x), y)
         loss.backward()
         grad = flat.gradient()
+        projected = grad
+        if anchor is not None:
+            if step % cfg.svrg_every == 0:
+                anchor.refresh(flat.theta.detach(), data.train, *anchor_share)
+            projected = anchor.correct(grad, x, y)
         lr = learning_rate(cfg, step, total)
         before = flat.theta.clone()
         if isinstance(method, NES):
@@ -295,7 +316,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
             if saved is not None:
                 load_buffers(model, saved)  # offspring evaluations must not move BN statistics
         else:
-            result = method.step(flat.theta, grad, step, lr)  # the only per-step traffic
+            result = method.step(flat.theta, projected, step, lr)  # the only per-step traffic
         delta = before.sub_(flat.theta)
         cos = float(torch.nn.functional.cosine_similarity(delta, grad, dim=0, eps=1e-30))
         loss = float(loss.detach())

@@ -1,0 +1,142 @@
+"""SVRG-corrected projections (--svrg-every): the anchor gradient, rank shares, replay, resume,
+MPI."""
+from __future__ import annotations
+
+import copy
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli, synthetic_images
+from rbd_hpc.data import Split, to_tensor
+from rbd_hpc.models import FlatParameters, build_model
+from rbd_hpc.runlog import RunFile
+from rbd_hpc.svrg import Anchor, anchor_step, share_of
+from test_cli import assert_user_error
+from test_mpi import coefficients, train_mpi
+from test_mpi import final_theta as final_theta_mpi
+from test_runfile import copy as copy_file
+from test_runfile import final_theta, train
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def split(n: int, seed: int) -> Split:
+    x, y = synthetic_images(n, 28, 1, seed)
+    return Split(x, y)
+
+
+def batch_gradient(model, flat, x, y, reduction="mean") -> torch.Tensor:
+    flat.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y, reduction=reduction).backward()
+    return flat.gradient()
+
+
+@pytest.fixture()
+def fc():
+    torch.manual_seed(0)
+    model = build_model("fc", (1, 28, 28), torch.Generator().manual_seed(3))
+    return model, FlatParameters(model)
+
+
+def test_anchor_mu_is_the_training_set_gradient(fc):
+    model, flat = fc
+    data = split(2300, 5)  # three pass batches of 1000, the last one short
+    anchor = Anchor(model, "cpu", standardize=False)
+    anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300)
+    ref = copy.deepcopy(model).double()
+    ref_flat = FlatParameters(ref)
+    want = batch_gradient(ref, ref_flat, to_tensor(data.x).double(), torch.from_numpy(data.y))
+    assert anchor.mu.dtype == torch.float32
+    np.testing.assert_allclose(anchor.mu.numpy(), want.numpy(), rtol=1e-4, atol=1e-7)
+    assert float(anchor.mu.norm()) > 1e-3
+
+
+def test_the_correction_is_mu_at_the_anchor_and_unbiased_away_from_it(fc):
+    model, flat = fc
+    data = split(320, 6)
+    anchor = Anchor(model, "cpu", standardize=False)
+    anchor.refresh(flat.theta.detach(), data, (0, 320), 1.0 / 320)
+    x, y = to_tensor(data.x[:32]), torch.from_numpy(data.y[:32])
+    # at θ = θ̃ the two batch gradients cancel bit for bit: the step projects μ̃ itself
+    assert torch.equal(anchor.correct(batch_gradient(model, flat, x, y), x, y), anchor.mu)
+    with torch.no_grad():
+        flat.theta.add_(0.05 * torch.randn(flat.dim, generator=torch.Generator().manual_seed(1)))
+    # away from θ̃, averaged over the ten batches that make up the set: the full gradient at θ
+    mean = torch.zeros(flat.dim, dtype=torch.float64)
+    plain = []
+    for lo in range(0, 320, 32):
+        x, y = to_tensor(data.x[lo:lo + 32]), torch.from_numpy(data.y[lo:lo + 32])
+        g = batch_gradient(model, flat, x, y)
+        corrected = anchor.correct(g, x, y)
+        mean += corrected.double() / 10
+        plain.append(float((g - corrected).norm()))
+    full = batch_gradient(model, flat, to_tensor(data.x), torch.from_numpy(data.y))
+    np.testing.assert_allclose(mean.numpy(), full.double().numpy(), rtol=1e-3, atol=2e-6)
+    assert min(plain) > 1e-3  # the correction changed every batch's gradient
+
+
+def test_rank_shares_partition_the_set_and_average_to_the_mean():
+    assert [share_of(10, r, 3, True) for r in range(3)] == [((0, 3), 0.3), ((3, 6), 0.3),
+                                                           ((6, 10), 0.3)]
+    assert share_of(10, 1, 3, False) == ((0, 10), 0.1)  # per-rank mode: the whole set
+    values = np.arange(10.0) ** 2
+    means = [scale * values[lo:hi].sum() for (lo, hi), scale in
+             (share_of(10, r, 3, True) for r in range(3))]
+    assert np.mean(means) == pytest.approx(values.mean(), rel=1e-12)
+    assert [anchor_step(s, 10) for s in (0, 9, 10, 23)] == [0, 0, 10, 20]
+
+
+SVRG = ["--steps", "40", "--d", "24", "--snapshot-every", "15", "--lr", "0.2", "--svrg-every", "10"]
+
+
+def test_svrg_run_replays_resumes_inside_a_period_and_changes_the_steps(idx_dir, tmp_path):
+    ref = tmp_path / "svrg.h5"
+    train(idx_dir, ref, *SVRG)
+    proc = run_cli("replay", ref, "--verify")
+    assert "verify: OK over 40 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    assert "svrg every 10 steps" in run_cli("inspect", ref).stdout
+    plain = tmp_path / "plain.h5"
+    train(idx_dir, plain, *SVRG[:-2])
+    with RunFile(ref) as run, RunFile(plain) as other:
+        a, b = run.steps(0, 40)["coefficients"], other.steps(0, 40)["coefficients"]
+    assert not np.allclose(a[0], b[0], rtol=0.1)  # step 0 projects μ̃, not the batch gradient
+    for cut_at in (23, 20):  # inside a period (θ̃ replayed from the file), and at an anchor
+        cut = copy_file(ref, tmp_path / f"cut{cut_at}.h5")
+        with h5py.File(cut, "r+") as f:
+            f["commit"][...] = [cut_at, 2]  # the steps before cut_at and the snapshots 0 and 15
+        train(idx_dir, cut, "--resume", cut)
+        assert np.array_equal(final_theta(cut), final_theta(ref)), cut_at
+
+
+def test_svrg_over_two_ranks_matches_one(idx_dir, tmp_path):
+    args = ["--steps", "12", "--svrg-every", "5", "--lr", "0.2"]
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    train_mpi(1, one, idx_dir, *args)
+    last = train_mpi(2, two, idx_dir, *args, "--check-every", "1")
+    assert last["bytes_per_step"] == 4 * 20  # still d floats per step
+    # each rank's μ̃ covers half the set, scaled so that their mean is the full gradient
+    np.testing.assert_allclose(coefficients(two), coefficients(one), rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(final_theta_mpi(two), final_theta_mpi(one), rtol=0, atol=1e-5)
+    per_rank = tmp_path / "pr.h5"
+    train_mpi(2, per_rank, idx_dir, *args, "--mode", "per-rank", "--d", "10", "--check-every", "1")
+    np.testing.assert_allclose(final_theta_mpi(per_rank), final_theta_mpi(one), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--svrg-every", "-1"], ["--svrg-every -1 must be a number of steps ≥ 1 (0: off)"]),
+    (["--svrg-every", "5", "--method", "sgd"],
+     ["--svrg-every corrects the gradient that rbd and fpd project, not --method sgd"]),
+    (["--svrg-every", "5", "--augment"], ["--svrg-every with --augment", "biased"]),
+])
+def test_bad_svrg_arguments(args, fragments, idx_dir):
+    assert_user_error(run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1",
+                              *args), *fragments)
+
+
+def test_svrg_refuses_batchnorm_models(cifar_dir):
+    proc = run_cli("train", "--preset", "resnet8-cifar10", "--data-dir", cifar_dir, "--val-size",
+                   "16", "--steps", "1", "--svrg-every", "5")
+    assert_user_error(proc, "--svrg-every needs a model without BatchNorm (fc or cnn), not resnet8")
