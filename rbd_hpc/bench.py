@@ -6,6 +6,10 @@ same run. ``reference`` is the straightforward implementation DESIGN.md quotes
 (torch.randn chunks of 50 from one generator, normalised by √D, projection and update
 in one pass per chunk).
 
+With ``svrg_every`` N every RBD configuration gets a "+svrg N" row: its step adds the
+anchor's forward and backward pass, plus one pass over a training set of the data set's size
+(random images) timed once and spread over the N steps it serves.
+
 Also measured here, each in the same run as its baseline:
   replay  — replaying N logged steps (no forward/backward, no projection) ÷ training them;
   memory  — peak resident memory of N training steps in a fresh process, RBD ÷ SGD.
@@ -25,9 +29,13 @@ from torch import nn
 from .bases import Basis, BasisConfig, smooth_image_layers
 from .comm import SingleProcess
 from .compartments import build_compartments
-from .data import SHAPES
+from .data import SHAPES, Split
 from .methods import SGD, RandomBasesDescent
 from .models import FlatParameters, build_model
+from .svrg import Anchor
+
+# training samples after the default 5,000-image validation split: what one anchor pass covers
+TRAIN_SAMPLES = {"mnist": 55000, "fmnist": 55000, "cifar10": 45000}
 
 
 def reference_step(theta: torch.Tensor, grad: torch.Tensor, d: int, lr: float, chunk: int = 50):
@@ -71,7 +79,7 @@ def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
               dists: tuple[str, ...] = ("gaussian", "rademacher", "uniform", "srht"),
               compartments: tuple[str, ...] = ("network",), batch_size: int = 32, steps: int = 20,
               threads: int | None = None, device: str = "cpu", reference: bool = True,
-              chunk: int = 50) -> list[dict]:
+              chunk: int = 50, svrg_every: int = 0) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
     h = Harness(model_name, dataset, batch_size, device)
@@ -81,6 +89,22 @@ def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
         for dist in dists:
             m = h.rbd(d, dist, comp, chunk)
             steppers[label(dist, comp)] = (lambda m: lambda t: m.step(h.flat.theta, h.grad(), t, 1e-4))(m)
+    pass_ms = 0.0
+    if svrg_every:
+        anchor = Anchor(h.model, device, standardize=False)
+        c, hh, w = SHAPES[dataset]
+        gen = torch.Generator().manual_seed(1)
+        n = TRAIN_SAMPLES[dataset]
+        train = Split(torch.randint(0, 256, (n, hh, w, c), generator=gen, dtype=torch.uint8).numpy(),
+                      torch.randint(0, 10, (n,), generator=gen).numpy())
+        t0 = time.perf_counter()
+        anchor.refresh(h.flat.theta.detach(), train, (0, n), 1.0 / n)
+        pass_ms = (time.perf_counter() - t0) * 1e3
+        for comp in compartments:
+            for dist in dists:
+                m = h.rbd(d, dist, comp, chunk)
+                steppers[f"{label(dist, comp)}+svrg"] = (lambda m: lambda t: m.step(
+                    h.flat.theta, anchor.correct(h.grad(), h.x, h.y), t, 1e-4))(m)
     if reference:
         steppers["rbd-reference"] = lambda t: reference_step(h.flat.theta, h.grad(), d, 1e-4)
     times: dict[str, list[float]] = {k: [] for k in steppers}
@@ -94,9 +118,12 @@ def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
                 times[name].append((time.perf_counter() - t0) * 1e3)
     base = statistics.median(times["sgd"])
     ref = statistics.median(times["rbd-reference"]) if reference else float("nan")
-    return [{"config": k, "ms_per_step": statistics.median(v),
-             "ratio_to_sgd": statistics.median(v) / base,
-             "ratio_to_reference": statistics.median(v) / ref} for k, v in times.items()]
+    spread = {k: pass_ms / svrg_every if k.endswith("+svrg") else 0.0 for k in times}
+    return [{"config": k, "ms_per_step": statistics.median(v) + spread[k],
+             "ratio_to_sgd": (statistics.median(v) + spread[k]) / base,
+             "ratio_to_reference": (statistics.median(v) + spread[k]) / ref,
+             "anchor_pass_ms": pass_ms if spread[k] else None}
+            for k, v in times.items()]
 
 
 def replay_ratio(model_name: str, dataset: str, d: int, dist: str, compartments: str,

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--no-reference", dest="reference", action="store_false")
     b.add_argument("--chunk", type=_int, default=50)
+    b.add_argument("--svrg-every", type=_int, default=0,
+                   help="also time each RBD row with an SVRG anchor renewed every N steps")
     b.add_argument("--replay", action="store_true",
                    help="also time replaying the steps against training them")
     b.add_argument("--memory", action="store_true",
@@ -253,14 +255,20 @@ def cmd_bench(args) -> int:
         segments([("x", 1)], comp)
     require_choice("--model", args.model, MODELS)
     require_choice("--dataset", args.dataset, tuple(SHAPES))
+    if args.svrg_every < 0:
+        raise UserError(f"--svrg-every {args.svrg_every} must be a number of steps ≥ 1 (0: off)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,
                      threads=args.threads, device=args.device, reference=args.reference,
-                     chunk=args.chunk)
+                     chunk=args.chunk, svrg_every=args.svrg_every)
     print(format_table(rows, f"# {args.model}-{args.dataset}, d={args.d}, batch 32, "
                        f"{torch.get_num_threads()} threads, {args.steps} interleaved steps, "
                        f"{args.device}"))
+    if args.svrg_every:
+        pass_ms = next(r["anchor_pass_ms"] for r in rows if r["anchor_pass_ms"] is not None)
+        print(f"(+svrg rows: one anchor pass over the training set took {pass_ms:.0f} ms, "
+              f"{pass_ms / args.svrg_every:.3f} ms per step over {args.svrg_every} steps)")
     if args.replay:
         print("\n# replay of N steps ÷ training them (same θ0; bitwise check)")
         for comp in comps:

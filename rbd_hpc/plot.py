@@ -47,6 +47,8 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
         label += f" svrg {cfg['svrg_every']}"
     if cfg.get("augment"):
         label += " aug"
+    if cfg.get("seed"):
+        label += f" seed {cfg['seed']}"
     return label
 
 

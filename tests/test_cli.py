@@ -183,3 +183,18 @@ def test_plot_labels_tell_runs_apart():
         "rbd fc d=125/compartment srht layer lr 0.5"
     assert label(method="sgd", momentum=0.9, lr=0.01, augment=True) == "sgd fc lr 0.01 mom 0.9 aug"
     assert label(method="rigl", sparsity=0.9) == "rigl fc sparsity 0.9 lr 0.25"
+    assert label(dist="srht", weight_decay=3e-5, svrg_every=1718, seed=1) == \
+        "rbd fc d=250 srht lr 0.5 wd 3e-05 svrg 1718 seed 1"
+
+
+def test_bench_svrg_rows_add_the_anchor_pass_spread_over_its_steps():
+    proc = run_cli("bench", "--model", "fc", "--d", "20", "--steps", "3", "--dist", "srht",
+                   "--no-reference", "--svrg-every", "100")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["sgd", "rbd-srht", "rbd-srht+svrg"]
+    note = lines[5].split()
+    assert lines[5].startswith("(+svrg rows: one anchor pass over the training set took ")
+    pass_ms, per_step = float(note[10]), float(note[12])  # "took 2469 ms, 24.691 ms per step"
+    assert pass_ms > 0 and abs(per_step - pass_ms / 100) <= 0.5 / 100 + 5e-4  # print rounding
+    assert_user_error(run_cli("bench", "--svrg-every", "-2"), "--svrg-every -2 must be a number")
