@@ -6,7 +6,7 @@ same run. ``reference`` is the straightforward implementation DESIGN.md quotes
 (torch.randn chunks of 50 from one generator, normalised by √D, projection and update
 in one pass per chunk).
 
-With ``svrg_every`` N every RBD configuration gets a "+svrg N" row: its step adds the
+With ``svrg_every`` N every RBD configuration also gets a "+svrg" row: its step adds the
 anchor's forward and backward pass, plus one pass over a training set of the data set's size
 (random images) timed once and spread over the N steps it serves.
 

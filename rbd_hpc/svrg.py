@@ -1,11 +1,11 @@
 """SVRG control variate for the gradient that RBD and FPD project (Johnson & Zhang 2013).
 
 At step t the projected gradient is g_b(θ_t) − g_b(θ̃) + μ̃ instead of g_b(θ_t): θ̃ is θ at
-the last anchor step (every ``every`` steps) and μ̃ the training-set gradient there. It is
-still an unbiased estimate of the full gradient, with far less mini-batch noise while θ stays
-near θ̃. A random-bases step Σ <φ, g> φ has mean (d/D)·ḡ but a size that grows with all of
-‖g‖², noise included; at batch 32 the noise is most of it, and RBD runs are
-optimisation-limited, so the noise is what caps the usable rate.
+the last anchor step (every N steps, ``--svrg-every N``) and μ̃ the training-set gradient
+there. It is still an unbiased estimate of the full gradient, with far less mini-batch noise
+while θ stays near θ̃. A random-bases step Σ <φ, g> φ has mean (d/D)·ḡ but a size that
+grows with all of ‖g‖², noise included; at batch 32 the noise is most of it, and RBD runs
+are optimisation-limited, so the noise is what caps the usable rate.
 
 Nothing new crosses the network per step: every rank corrects its own gradient before the
 projection, so the coefficients stay d floats. In shared mode rank r's μ̃_r covers its share of
