@@ -246,6 +246,7 @@ def cmd_bench(args) -> int:
     from .compartments import segments
     from .data import SHAPES
     from .models import MODELS
+    from .svrg import require_every
 
     dists = tuple(x for x in args.dist.split(",") if x)
     comps = tuple(x for x in args.compartments.split(",") if x)
@@ -255,8 +256,7 @@ def cmd_bench(args) -> int:
         segments([("x", 1)], comp)
     require_choice("--model", args.model, MODELS)
     require_choice("--dataset", args.dataset, tuple(SHAPES))
-    if args.svrg_every < 0:
-        raise UserError(f"--svrg-every {args.svrg_every} must be a number of steps ≥ 1 (0: off)")
+    require_every(args.svrg_every)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,

@@ -14,6 +14,7 @@ import math
 from .bases import BasisConfig
 from .compartments import allocation_weight, segments
 from .errors import UserError, require_choice, require_positive
+from .svrg import require_every
 
 METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
 # methods that step along the full gradient (no coefficients logged, not replayable)
@@ -138,9 +139,7 @@ class TrainConfig:
             raise UserError(f"--weight-decay {self.weight_decay} with --lr {self.lr} scales θ by "
                             f"1 − ηλ = {1 - self.lr * self.weight_decay:g} per step; "
                             f"ηλ must be below 1")
-        if self.svrg_every < 0:
-            raise UserError(f"--svrg-every {self.svrg_every} must be a number of steps ≥ 1 "
-                            "(0: off)")
+        require_every(self.svrg_every)
         if self.svrg_every and self.method not in SVRG_METHODS:
             raise UserError(f"--svrg-every corrects the gradient that rbd and fpd project, "
                             f"not --method {self.method}")

@@ -22,9 +22,16 @@ import torch
 from torch import nn
 
 from .data import Split, to_tensor
+from .errors import UserError
 from .models import FlatParameters
 
 _PASS_BATCH = 1000  # samples per forward/backward in the anchor pass
+
+
+def require_every(value: int) -> None:
+    """The one check of ``--svrg-every`` (train and bench): a number of steps, 0 for off."""
+    if value < 0:
+        raise UserError(f"--svrg-every {value} must be a number of steps ≥ 1 (0: off)")
 
 
 def anchor_step(step: int, every: int) -> int:

@@ -252,9 +252,8 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
             point = resume_point(existing, method, has_buffers)
             theta0 = existing.theta0()
             # θ̃ of a resume inside an SVRG period: replayed from the file up to its anchor step
-            anchor_at = anchor_step(point.steps_done, cfg.svrg_every or 1)
-            theta_anchor = (anchor_theta(existing, anchor_at) if anchor_at < point.steps_done
-                            else None)
+            theta_anchor = (anchor_theta(existing, anchor_step(point.steps_done, cfg.svrg_every))
+                            if cfg.svrg_every and point.steps_done % cfg.svrg_every else None)
             payload = (point.steps_done, point.theta, point.buffers, point.state, theta_anchor)
         else:
             payload = None
