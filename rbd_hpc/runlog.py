@@ -138,10 +138,11 @@ class RunWriter:
                 f["steps/crc32"][n0:] = 0
             self.committed = n0 + k
             self._rows.clear()
+        m, sn = self.committed_snapshots, f["snapshots"]
+        if snapshot is not None and m and int(sn["step"][m - 1]) == snapshot[0]:
+            snapshot = None  # already there: snapshot steps strictly increase
         if snapshot is not None:
             step, theta, buffers, state = snapshot
-            m = self.committed_snapshots
-            sn = f["snapshots"]
             for name in ("step", "crc32"):
                 sn[name].resize((m + 1,))
             for name in ("theta", "buffers", "state"):

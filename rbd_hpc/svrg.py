@@ -16,6 +16,7 @@ replaying the run file. Replay needs no data: the coefficients are logged as usu
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import numpy as np
 import torch
@@ -50,15 +51,22 @@ class Anchor:
         self.mu: torch.Tensor | None = None
         self.loss_fn = nn.CrossEntropyLoss()
 
-    def refresh(self, theta: torch.Tensor, split: Split, share: tuple[int, int],
-                scale: float) -> None:
-        """θ̃ ← θ; μ̃ ← ``scale`` × Σ_i ∇ℓ_i(θ̃) over samples [lo, hi) of ``split``."""
+    def refresh(self, theta: torch.Tensor, split: Split, share: tuple[int, int], scale: float,
+                interrupted: Callable[[], bool] | None = None) -> bool:
+        """θ̃ ← θ; μ̃ ← ``scale`` × Σ_i ∇ℓ_i(θ̃) over samples [lo, hi) of ``split``.
+
+        ``interrupted`` is asked before each pass batch; when it says yes the pass is abandoned
+        (μ̃ unset) and False returned, so a preemption signal is acted on within one batch
+        rather than after a pass over the whole share."""
         lo, hi = share
+        self.mu = None
         with torch.no_grad():
             self.flat.theta.copy_(theta)
         total = torch.zeros(self.flat.dim, dtype=torch.float64, device=theta.device)
         sum_loss = nn.CrossEntropyLoss(reduction="sum")
         for i in range(lo, hi, _PASS_BATCH):
+            if interrupted is not None and interrupted():
+                return False
             j = slice(i, min(i + _PASS_BATCH, hi))
             x = to_tensor(split.x[j], self.device, self.standardize)
             y = torch.from_numpy(split.y[j]).to(self.device)
@@ -66,6 +74,7 @@ class Anchor:
             sum_loss(self.model(x), y).backward()
             total += self.flat.gradient()
         self.mu = (total * scale).to(theta.dtype)
+        return True
 
     def correct(self, grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """g_b(θ) − g_b(θ̃) + μ̃ for the batch (x, y) whose gradient at θ is ``grad``."""

@@ -275,8 +275,19 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
             writer.commit(snapshot=(0, theta0, buffers_vector(model), np.zeros(state_size)))
     metrics_file = open(metrics_path, "a" if resume else "w") if (is_root and metrics_path) else None
 
+    def anchor_pass(theta_anchor: torch.Tensor, at: int) -> bool:
+        """θ̃ and μ̃ at step ``at``; False when the ranks agree to stop instead (a signal that
+        arrives during the pass is acted on between two of its batches)."""
+        complete = anchor.refresh(theta_anchor, data.train, *anchor_share,
+                                  interrupted=should_stop)
+        phase, comm.traffic.phase = comm.traffic.phase, "control"
+        stop = _agree(comm, not complete, at, every=1)
+        comm.traffic.phase = phase
+        return not stop
+
+    preempted = False
     if anchor is not None and start % cfg.svrg_every:
-        anchor.refresh(torch.from_numpy(resume_anchor).to(device), data.train, *anchor_share)
+        preempted = not anchor_pass(torch.from_numpy(resume_anchor).to(device), start)
 
     # -- the loop ------------------------------------------------------------------
     bar = Progress(total - start, progress and is_root)
@@ -287,10 +298,16 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     epoch_losses, epoch_ms, epoch_cos = [], [], []
     last_commit = time.monotonic()
     record = {}
-    preempted = False
-    step = start
-    for step in range(start, total):
+    done = start
+    for step in range(start, start if preempted else total):
         t0 = time.perf_counter()
+        if anchor is not None and step % cfg.svrg_every == 0 and not anchor_pass(
+                flat.theta.detach(), step):
+            preempted = True  # stopped in the pass: step `step` not taken, θ snapshotted as is
+            if writer is not None:
+                writer.commit(snapshot=(step, flat.theta.detach().cpu().numpy(),
+                                        buffers_vector(model), method.state_vector(flat.dim)))
+            break
         epoch, i = divmod(step, stream.steps_per_epoch)
         xb, yb = stream.batch(epoch, i)
         x, y = to_tensor(xb, device, standardize), torch.from_numpy(yb).to(device)
@@ -298,11 +315,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         loss = loss_fn(model(x), y)
         loss.backward()
         grad = flat.gradient()
-        projected = grad
-        if anchor is not None:
-            if step % cfg.svrg_every == 0:
-                anchor.refresh(flat.theta.detach(), data.train, *anchor_share)
-            projected = anchor.correct(grad, x, y)
+        projected = grad if anchor is None else anchor.correct(grad, x, y)
         lr = learning_rate(cfg, step, total)
         before = flat.theta.clone()
         if isinstance(method, NES):
@@ -378,7 +391,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         writer.close()
     if metrics_file:
         metrics_file.close()
-    return {**record, "steps_done": step + 1 if total > start else start, "total_steps": total,
+    return {**record, "steps_done": done, "total_steps": total,
             "preempted": preempted, "theta": flat.theta, "method": cfg.method,
             "traffic": dict(comm.traffic.bytes)}
 

@@ -78,6 +78,21 @@ def test_the_correction_is_mu_at_the_anchor_and_unbiased_away_from_it(fc):
     assert min(plain) > 1e-3  # the correction changed every batch's gradient
 
 
+def test_an_interrupted_pass_leaves_no_anchor_and_a_later_one_is_whole(fc):
+    model, flat = fc
+    data = split(2300, 5)
+    anchor = Anchor(model, "cpu", standardize=False)
+    asked = []
+    assert not anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300,
+                              interrupted=lambda: asked.append(1) or len(asked) > 1)
+    assert len(asked) == 2 and anchor.mu is None  # asked before each batch; stopped at the second
+    assert anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300,
+                          interrupted=lambda: False)
+    whole = Anchor(model, "cpu", standardize=False)
+    whole.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300)
+    assert torch.equal(anchor.mu, whole.mu)
+
+
 def test_rank_shares_partition_the_set_and_average_to_the_mean():
     assert [share_of(10, r, 3, True) for r in range(3)] == [((0, 3), 0.3), ((3, 6), 0.3),
                                                            ((6, 10), 0.3)]
@@ -109,6 +124,43 @@ def test_svrg_run_replays_resumes_inside_a_period_and_changes_the_steps(idx_dir,
             f["commit"][...] = [cut_at, 2]  # the steps before cut_at and the snapshots 0 and 15
         train(idx_dir, cut, "--resume", cut)
         assert np.array_equal(final_theta(cut), final_theta(ref)), cut_at
+
+
+@pytest.mark.parametrize("question,stop_at,snapshots", [
+    (12, 10, [0, 10]),      # the stop writes θ at the anchor step
+    (34, 30, [0, 15, 30]),  # one was written after step 29 already: not written twice
+])
+def test_a_stop_during_the_anchor_pass_commits_the_anchor_step_and_resumes_bitwise(
+        question, stop_at, snapshots, idx_dir, tmp_path):
+    from rbd_hpc.comm import SingleProcess
+    from rbd_hpc.config import TrainConfig
+    from rbd_hpc.train import train as train_in_process
+
+    ref = tmp_path / "ref.h5"
+    train(idx_dir, ref, *SVRG)
+    with RunFile(ref) as run:
+        cfg = TrainConfig.from_json(run.config_json)
+    # one pass batch (576 training samples): asked once in each pass and once after each step,
+    # so the 12th question is the one inside the pass at step 10, the 34th at step 30
+    asked = []
+    out = tmp_path / "stopped.h5"
+    summary = train_in_process(cfg, SingleProcess(), out=str(out), progress=False,
+                               should_stop=lambda: asked.append(1) or len(asked) >= question)
+    assert summary["preempted"] and summary["steps_done"] == stop_at  # that step never taken
+    with RunFile(out) as run:
+        assert run.committed == stop_at
+        assert list(run.snapshot_steps()) == snapshots
+    train(idx_dir, out, "--resume", out)
+    assert np.array_equal(final_theta(out), final_theta(ref))
+    # stopped in the pass that a resume inside a period makes first: nothing is taken or lost
+    cut = copy_file(ref, tmp_path / "cut.h5")
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [23, 2]
+    summary = train_in_process(cfg, SingleProcess(), out=str(cut), progress=False, resume=True,
+                               should_stop=lambda: True)
+    assert summary["preempted"] and summary["steps_done"] == 23
+    train(idx_dir, cut, "--resume", cut)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
 
 
 def test_svrg_over_two_ranks_matches_one(idx_dir, tmp_path):
