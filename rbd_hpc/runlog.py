@@ -62,13 +62,19 @@ class RunWriter:
     """Appends steps and snapshots to a run file. Only rank 0 creates one."""
 
     def __init__(self, path: str | Path, attrs: dict, theta0: np.ndarray, n_coefficients: int,
-                 buffers_size: int, state_size: int, existing: "RunFile | None" = None):
+                 buffers_size: int, state_size: int, existing: "RunFile | None" = None,
+                 resume_at: int | None = None):
+        """A resume passes the run file it continues (``existing``) and the step it continues
+        from: rows, snapshots and metrics past ``resume_at`` are left behind, because the
+        resumed run writes them again (a run that cannot be replayed resumes from its last
+        snapshot, which can be before the last committed row)."""
         self.path = Path(path)
         self.n_coefficients = n_coefficients
         self._rows: list[tuple[int, float, float, np.ndarray | None]] = []
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self._create(tmp, attrs, theta0, n_coefficients, buffers_size, state_size, existing)
+            self._create(tmp, attrs, theta0, n_coefficients, buffers_size, state_size, existing,
+                         resume_at)
             os.replace(tmp, self.path)  # atomic: the old file stays whole until this moment
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -79,7 +85,7 @@ class RunWriter:
         self.committed_snapshots = int(self.f["commit"][1])
 
     @staticmethod
-    def _create(tmp: Path, attrs, theta0, n_coef, buffers_size, state_size, existing):
+    def _create(tmp: Path, attrs, theta0, n_coef, buffers_size, state_size, existing, resume_at):
         with h5py.File(tmp, "w", libver="latest") as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
@@ -110,8 +116,7 @@ class RunWriter:
             f["metrics/table"].attrs["columns"] = json.dumps(METRIC_COLUMNS)
             commit = f.create_dataset("commit", data=np.zeros(2, dtype=np.int64))
             if existing is not None:
-                _copy_committed(existing, f)
-                commit[...] = [existing.committed, existing.n_snapshots]
+                commit[...] = _copy_committed(existing, f, resume_at)
 
     # -- appending -------------------------------------------------------------------
     def add_step(self, step: int, lr: float, loss: float, coefficients: np.ndarray | None) -> None:
@@ -180,8 +185,11 @@ def _pad(a: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _copy_committed(src: "RunFile", f: h5py.File) -> None:
-    n, m = src.committed, src.n_snapshots
+def _copy_committed(src: "RunFile", f: h5py.File, upto: int | None) -> list[int]:
+    """Copy the committed rows and snapshots up to step ``upto``, and the metrics rows of the
+    epochs they complete; returns the new /commit."""
+    n = src.committed if upto is None else min(src.committed, upto)
+    m = int(np.searchsorted(src.snapshot_steps(), n, side="right"))  # snapshots at steps ≤ n
     s = src.f["steps"]
     for name in ("step", "lr", "loss", "crc32"):
         f[f"steps/{name}"].resize((n,))
@@ -196,9 +204,11 @@ def _copy_committed(src: "RunFile", f: h5py.File) -> None:
         d = src.f[f"snapshots/{name}"]
         f[f"snapshots/{name}"].resize((m, d.shape[1]))
         f[f"snapshots/{name}"][:] = d[:m]
-    t = src.f["metrics/table"]
+    t = src.f["metrics/table"][:]
+    t = t[t[:, METRIC_COLUMNS.index("step")] <= n]
     f["metrics/table"].resize(t.shape)
-    f["metrics/table"][:] = t[:]
+    f["metrics/table"][:] = t
+    return [n, m]
 
 
 class RunFile:

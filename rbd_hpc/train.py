@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -246,11 +247,15 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     resume_anchor = None
     writer = None
     existing = None
+    epoch_losses = []  # rank 0's losses of the epoch so far, as logged
     if resume:
         if is_root:
             existing = RunFile(out_path)
             point = resume_point(existing, method, has_buffers)
             theta0 = existing.theta0()
+            # a resume inside an epoch: its train_loss still averages the whole epoch
+            epoch_start = point.steps_done - point.steps_done % stream.steps_per_epoch
+            epoch_losses = [float(v) for v in existing.steps(epoch_start, point.steps_done)["loss"]]
             # θ̃ of a resume inside an SVRG period: replayed from the file up to its anchor step
             theta_anchor = (anchor_theta(existing, anchor_step(point.steps_done, cfg.svrg_every))
                             if cfg.svrg_every and point.steps_done % cfg.svrg_every else None)
@@ -268,12 +273,14 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         attrs = run_attrs(cfg.to_json(), cfg.seed, comm.size, cfg.mode, cfg.method, device.type,
                           param_layout, buffer_layout, method.n_coefficients, method.replayable)
         writer = RunWriter(out_path, attrs, theta0, method.n_coefficients,
-                           buffers_vector(model).size, state_size, existing=existing)
+                           buffers_vector(model).size, state_size, existing=existing,
+                           resume_at=start if resume else None)
         if existing is not None:
             existing.close()
         if writer.committed_snapshots == 0:  # θ0 is snapshot 0 (step count 0)
             writer.commit(snapshot=(0, theta0, buffers_vector(model), np.zeros(state_size)))
-    metrics_file = open(metrics_path, "a" if resume else "w") if (is_root and metrics_path) else None
+    metrics_file = (open_metrics(metrics_path, start if resume else None)
+                    if (is_root and metrics_path) else None)
 
     def anchor_pass(theta_anchor: torch.Tensor, at: int) -> bool:
         """θ̃ and μ̃ at step ``at``; False when the ranks agree to stop instead (a signal that
@@ -295,7 +302,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     model.train()
     comm.traffic.phase = "step"
     step_bytes0 = comm.traffic.bytes.get("step", 0)
-    epoch_losses, epoch_ms, epoch_cos = [], [], []
+    epoch_ms, epoch_cos = [], []
     last_commit = time.monotonic()
     record = {}
     done = start
@@ -396,6 +403,29 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
             "traffic": dict(comm.traffic.bytes)}
 
 
+def open_metrics(path: str, resume_at: int | None):
+    """The JSON-lines metrics file, for appending. A resume keeps the epochs completed by step
+    ``resume_at`` and drops later ones (the resumed run writes them again) and a line torn by a
+    kill; a new run starts it empty."""
+    if resume_at is None:
+        return open(path, "w")
+    kept = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= resume_at:
+                        kept.append(line.rstrip("\n") + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass  # torn by a kill
+    except FileNotFoundError:
+        pass
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return open(path, "a")
+
+
 def _agree(comm, flag: bool, done: int, every: int = 20) -> bool:
     """All ranks stop at the same step: the stop flag is OR-reduced every ``every`` steps."""
     if comm.size == 1:
@@ -424,7 +454,5 @@ def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output directory {parent} does not exist")
-    import os
-
     if not os.access(parent, os.W_OK):
         raise UserError(f"output directory {parent} is not writable")

@@ -1,6 +1,7 @@
 """The HDF5 run file: replay, verify, resume, integrity, and SIGKILL at random moments."""
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -190,6 +191,38 @@ def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):
     assert np.array_equal(final_theta(out), final_theta(ref))
 
 
+EXACT_METRICS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc"]
+
+
+def exact_metrics(rows) -> list[list[float]]:
+    return [[r[k] for k in EXACT_METRICS] for r in rows]
+
+
+def test_resume_before_the_last_row_rewrites_rows_and_metrics_once(idx_dir, tmp_path):
+    # SGD cannot be replayed, so it resumes from its last snapshot (25), and a kill can leave
+    # committed rows (to 33) and a metrics line past it; none may be kept twice
+    args = ["--method", "sgd", "--momentum", "0.9", "--steps", "60", "--snapshot-every", "25",
+            "--lr", "0.25"]
+    ref, cut = tmp_path / "ref.h5", tmp_path / "cut.h5"
+    train(idx_dir, ref, *args, "--metrics", tmp_path / "ref.jsonl")
+    copy(ref, cut)
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [33, 2]  # rows 0..32, snapshots at 0 and 25; metrics at 18 and 36
+    lines = (tmp_path / "ref.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "cut.jsonl").write_text("".join(lines[:2]) + lines[2][:25])  # torn by the kill
+    train(idx_dir, cut, "--resume", cut, "--metrics", tmp_path / "cut.jsonl")
+    with RunFile(ref) as a, RunFile(cut) as b:
+        assert b.committed == 60 and b.n_snapshots == a.n_snapshots
+        for name in ("step", "lr", "loss"):
+            assert np.array_equal(a.steps()[name], b.steps()[name]), name
+        assert np.array_equal(b.snapshot_steps(), a.snapshot_steps())
+        assert exact_metrics(b.metrics()) == exact_metrics(a.metrics())  # 18, 36, 54, 60 once
+    jsonl = [json.loads(line) for line in (tmp_path / "cut.jsonl").read_text().splitlines()]
+    want = [json.loads(line) for line in lines]
+    assert exact_metrics(jsonl) == exact_metrics(want)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
+
+
 def test_rbd_momentum_replays_seeks_and_resumes_bitwise(idx_dir, tmp_path):
     import torch
 
@@ -226,6 +259,8 @@ def test_rbd_momentum_replays_seeks_and_resumes_bitwise(idx_dir, tmp_path):
         f["commit"][...] = [33, 2]  # steps 0..32 and the snapshots at 0 and 20
     train(idx_dir, cut, "--resume", cut)
     assert np.array_equal(final_theta(cut), final_theta(ref))
+    with RunFile(ref) as a, RunFile(cut) as b:  # epoch 2 (steps 18..35) was cut at 33
+        assert exact_metrics(b.metrics()) == exact_metrics(a.metrics())
     assert run_cli("replay", cut, "--verify").returncode == 0
 
 
