@@ -38,5 +38,26 @@ def diverge():
     raise SystemExit("divergence not detected")
 
 
+def svrg_stop():
+    """A stop that only rank 1 sees, inside its anchor pass at step 10 (its 12th question: one
+    per pass batch and one per step): every rank stops there. argv: the reference run, the
+    output file."""
+    from rbd_hpc.config import TrainConfig
+    from rbd_hpc.runlog import RunFile
+    from rbd_hpc.train import train
+
+    comm = MPIComm()
+    with RunFile(sys.argv[2]) as run:
+        cfg = TrainConfig.from_json(run.config_json)
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return comm.rank == 1 and len(asked) >= 12
+    summary = train(cfg, comm, out=sys.argv[3], progress=False, should_stop=should_stop)
+    if comm.rank == 0:
+        print(f"preempted {summary['preempted']} after {summary['steps_done']}", flush=True)
+
+
 if __name__ == "__main__":
-    {"crash": crash, "diverge": diverge}[sys.argv[1]]()
+    {"crash": crash, "diverge": diverge, "svrg_stop": svrg_stop}[sys.argv[1]]()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, synthetic_images
+from conftest import run_cli, synthetic_images, venv_bin
 from rbd_hpc.data import Split, to_tensor
 from rbd_hpc.models import FlatParameters, build_model
 from rbd_hpc.runlog import RunFile
@@ -175,6 +175,23 @@ def test_svrg_over_two_ranks_matches_one(idx_dir, tmp_path):
     per_rank = tmp_path / "pr.h5"
     train_mpi(2, per_rank, idx_dir, *args, "--mode", "per-rank", "--d", "10", "--check-every", "1")
     np.testing.assert_allclose(final_theta_mpi(per_rank), final_theta_mpi(one), rtol=0, atol=1e-5)
+
+
+def test_a_stop_one_rank_sees_in_its_anchor_pass_stops_every_rank_there(idx_dir, tmp_path):
+    import sys
+
+    from test_mpi import DRIVER, mpiexec
+
+    ref, out = tmp_path / "ref.h5", tmp_path / "stop.h5"
+    train_mpi(2, ref, idx_dir, *SVRG)
+    proc = mpiexec(2, sys.executable, DRIVER, "svrg_stop", ref, out, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "preempted True after 10" in proc.stdout  # rank 0 finished its pass, then stopped
+    with RunFile(out) as run:
+        assert run.committed == 10 and list(run.snapshot_steps()) == [0, 10]
+    proc = mpiexec(2, venv_bin("rbd-hpc"), "train", "--resume", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert np.array_equal(final_theta_mpi(out), final_theta_mpi(ref))
 
 
 @pytest.mark.parametrize("args,fragments", [
