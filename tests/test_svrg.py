@@ -3,6 +3,7 @@ MPI."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import h5py
 import numpy as np
@@ -10,12 +11,15 @@ import pytest
 import torch
 
 from conftest import run_cli, synthetic_images, venv_bin
+from rbd_hpc.comm import SingleProcess
+from rbd_hpc.config import TrainConfig
 from rbd_hpc.data import Split, to_tensor
 from rbd_hpc.models import FlatParameters, build_model
 from rbd_hpc.runlog import RunFile
 from rbd_hpc.svrg import Anchor, anchor_step, share_of
+from rbd_hpc.train import train as train_in_process
 from test_cli import assert_user_error
-from test_mpi import coefficients, train_mpi
+from test_mpi import DRIVER, coefficients, mpiexec, train_mpi
 from test_mpi import final_theta as final_theta_mpi
 from test_runfile import copy as copy_file
 from test_runfile import final_theta, train
@@ -132,10 +136,6 @@ def test_svrg_run_replays_resumes_inside_a_period_and_changes_the_steps(idx_dir,
 ])
 def test_a_stop_during_the_anchor_pass_commits_the_anchor_step_and_resumes_bitwise(
         question, stop_at, snapshots, idx_dir, tmp_path):
-    from rbd_hpc.comm import SingleProcess
-    from rbd_hpc.config import TrainConfig
-    from rbd_hpc.train import train as train_in_process
-
     ref = tmp_path / "ref.h5"
     train(idx_dir, ref, *SVRG)
     with RunFile(ref) as run:
@@ -178,10 +178,6 @@ def test_svrg_over_two_ranks_matches_one(idx_dir, tmp_path):
 
 
 def test_a_stop_one_rank_sees_in_its_anchor_pass_stops_every_rank_there(idx_dir, tmp_path):
-    import sys
-
-    from test_mpi import DRIVER, mpiexec
-
     ref, out = tmp_path / "ref.h5", tmp_path / "stop.h5"
     train_mpi(2, ref, idx_dir, *SVRG)
     proc = mpiexec(2, sys.executable, DRIVER, "svrg_stop", ref, out, timeout=240)
