@@ -292,8 +292,13 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         comm.traffic.phase = phase
         return not stop
 
+    def snapshot(at: int) -> tuple:
+        """What a snapshot after ``at`` steps holds: θ, the buffers, the method state."""
+        return (at, flat.theta.detach().cpu().numpy(), buffers_vector(model),
+                method.state_vector(flat.dim))
+
     preempted = False
-    if anchor is not None and start % cfg.svrg_every:
+    if resume_anchor is not None:  # a resume inside an SVRG period
         preempted = not anchor_pass(torch.from_numpy(resume_anchor).to(device), start)
 
     # -- the loop ------------------------------------------------------------------
@@ -312,8 +317,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
                 flat.theta.detach(), step):
             preempted = True  # stopped in the pass: step `step` not taken, θ snapshotted as is
             if writer is not None:
-                writer.commit(snapshot=(step, flat.theta.detach().cpu().numpy(),
-                                        buffers_vector(model), method.state_vector(flat.dim)))
+                writer.commit(snapshot=snapshot(step))
             break
         epoch, i = divmod(step, stream.steps_per_epoch)
         xb, yb = stream.batch(epoch, i)
@@ -358,11 +362,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
             writer.add_step(step, lr, loss, result.coefficients.cpu().numpy()
                             if method.n_coefficients else None)
             if snapshot_due or epoch_end or time.monotonic() - last_commit > COMMIT_SECONDS:
-                snap = None
-                if snapshot_due:
-                    snap = (done, flat.theta.detach().cpu().numpy(), buffers_vector(model),
-                            method.state_vector(flat.dim))
-                writer.commit(snapshot=snap)
+                writer.commit(snapshot=snapshot(done) if snapshot_due else None)
                 last_commit = time.monotonic()
         bar.update(done - start, loss)
 

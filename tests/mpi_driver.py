@@ -7,8 +7,10 @@ import time
 import torch
 
 from rbd_hpc.comm import MPIComm, install_abort_handler
+from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
-from rbd_hpc.train import check_divergence
+from rbd_hpc.runlog import RunFile
+from rbd_hpc.train import check_divergence, train
 
 
 def crash():
@@ -42,10 +44,6 @@ def svrg_stop():
     """A stop that only rank 1 sees, inside its anchor pass at step 10 (its 12th question: one
     per pass batch and one per step): every rank stops there. argv: the reference run, the
     output file."""
-    from rbd_hpc.config import TrainConfig
-    from rbd_hpc.runlog import RunFile
-    from rbd_hpc.train import train
-
     comm = MPIComm()
     with RunFile(sys.argv[2]) as run:
         cfg = TrainConfig.from_json(run.config_json)
