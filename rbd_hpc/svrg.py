@@ -26,7 +26,9 @@ from .data import Split, to_tensor
 from .errors import UserError
 from .models import FlatParameters
 
-_PASS_BATCH = 1000  # samples per forward/backward in the anchor pass
+# samples per forward/backward in the anchor pass: 128 takes 0.38 ms a sample on one CNN thread
+# here, 1000 took 0.75 (its 86 MB activations are fresh mmaps, page-faulted on every batch)
+_PASS_BATCH = 128
 
 
 def require_every(value: int) -> None:

@@ -41,8 +41,8 @@ def diverge():
 
 
 def svrg_stop():
-    """A stop that only rank 1 sees, inside its anchor pass at step 10 (its 12th question: one
-    per pass batch and one per step): every rank stops there. argv: the reference run, the
+    """A stop that only rank 1 sees, inside its anchor pass at step 10 (its 15th question:
+    one before each of the three batches of its 288 samples, and one per step): every rank stops there. argv: the reference run, the
     output file."""
     comm = MPIComm()
     with RunFile(sys.argv[2]) as run:
@@ -51,7 +51,7 @@ def svrg_stop():
 
     def should_stop() -> bool:
         asked.append(1)
-        return comm.rank == 1 and len(asked) >= 12
+        return comm.rank == 1 and len(asked) >= 15
     summary = train(cfg, comm, out=sys.argv[3], progress=False, should_stop=should_stop)
     if comm.rank == 0:
         print(f"preempted {summary['preempted']} after {summary['steps_done']}", flush=True)

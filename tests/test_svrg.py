@@ -47,7 +47,7 @@ def fc():
 
 def test_anchor_mu_is_the_training_set_gradient(fc):
     model, flat = fc
-    data = split(2300, 5)  # three pass batches of 1000, the last one short
+    data = split(2300, 5)  # 18 pass batches of 128, the last one short
     anchor = Anchor(model, "cpu", standardize=False)
     anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300)
     ref = copy.deepcopy(model).double()
@@ -131,8 +131,8 @@ def test_svrg_run_replays_resumes_inside_a_period_and_changes_the_steps(idx_dir,
 
 
 @pytest.mark.parametrize("question,stop_at,snapshots", [
-    (12, 10, [0, 10]),      # the stop writes θ at the anchor step
-    (34, 30, [0, 15, 30]),  # one was written after step 29 already: not written twice
+    (18, 10, [0, 10]),      # the stop writes θ at the anchor step
+    (48, 30, [0, 15, 30]),  # one was written after step 29 already: not written twice
 ])
 def test_a_stop_during_the_anchor_pass_commits_the_anchor_step_and_resumes_bitwise(
         question, stop_at, snapshots, idx_dir, tmp_path):
@@ -140,8 +140,8 @@ def test_a_stop_during_the_anchor_pass_commits_the_anchor_step_and_resumes_bitwi
     train(idx_dir, ref, *SVRG)
     with RunFile(ref) as run:
         cfg = TrainConfig.from_json(run.config_json)
-    # one pass batch (576 training samples): asked once in each pass and once after each step,
-    # so the 12th question is the one inside the pass at step 10, the 34th at step 30
+    # five pass batches (576 training samples): asked before each of them and after each step,
+    # so the 18th question is the third of the pass at step 10 (16–20), the 48th of that at 30
     asked = []
     out = tmp_path / "stopped.h5"
     summary = train_in_process(cfg, SingleProcess(), out=str(out), progress=False,
