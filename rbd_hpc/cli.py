@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--check-every", type=_int, help="compare θ hashes across ranks every N steps")
     t.add_argument("--device", help="cpu, cuda or ipu")
     t.add_argument("--threads", type=_int, help="torch threads per rank")
-    t.add_argument("--out", help="the run file (HDF5) to write")
+    t.add_argument("--out", help="the run file (HDF5) to write (an existing one is refused)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out run file")
     t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
     t.add_argument("--no-progress", dest="progress", action="store_false")
@@ -184,7 +185,8 @@ def cmd_train(args, comm) -> int:
         signal.signal(sig, on_signal)
 
     summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
-                    resume=bool(args.resume), should_stop=lambda: stop["flag"])
+                    resume=bool(args.resume), should_stop=lambda: stop["flag"],
+                    overwrite=args.overwrite)
     if comm.rank == 0:
         if summary["preempted"]:
             print(f"rbd-hpc: preempted after step {summary['steps_done']} of "

@@ -196,8 +196,11 @@ def resume_point(run: RunFile, method, has_buffers: bool) -> ResumePoint:
 
 def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
           progress: bool = True, resume: bool = False,
-          should_stop: Callable[[], bool] | None = None) -> dict:
-    """Train per ``cfg``; returns the summary (rank 0's view; identical θ on every rank)."""
+          should_stop: Callable[[], bool] | None = None, overwrite: bool = False) -> dict:
+    """Train per ``cfg``; returns the summary (rank 0's view; identical θ on every rank).
+
+    A new run refuses an existing run file unless ``overwrite``: hours of a run are one
+    repeated command away from being lost otherwise."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -208,6 +211,8 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     out_path = Path(out) if out else None
     if is_root and out_path is not None:
         _check_writable(out_path)
+        if not resume and not overwrite:
+            _refuse_existing(out_path)
     if is_root and metrics_path:
         _check_writable(Path(metrics_path))
 
@@ -448,6 +453,18 @@ def check_divergence(theta: torch.Tensor, comm, done: int) -> None:
     if differ:
         raise UserError(f"ranks diverged after step {done}: θ on rank(s) {differ} differs from "
                         "rank 0 (check that all ranks run the same rbd-hpc, torch and thread count)")
+
+
+def _refuse_existing(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        with RunFile(path) as run:
+            held = f" ({run.committed} steps committed)"
+    except (UserError, OSError):
+        held = ""
+    raise UserError(f"run file {path} already exists{held}; continue it with --resume {path}, "
+                    "or replace it with --overwrite")
 
 
 def _check_writable(path: Path) -> None:

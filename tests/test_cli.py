@@ -98,6 +98,17 @@ def test_tiny_run_end_to_end(tmp_path, idx_dir):
     with h5py.File(out, "r") as f:
         assert f["steps/coefficients"].shape == (36, 20)
         assert int(f["commit"][0]) == 36
+    before = out.read_bytes()
+    # the same command again would throw the run away: refused, the file untouched
+    again = ["train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "3", "--d", "20",
+             "--out", out, "--no-progress"]
+    assert_user_error(run_cli(*again), f"run file {out} already exists (36 steps committed)",
+                      f"--resume {out}", "--overwrite")
+    assert out.read_bytes() == before
+    proc = run_cli(*again, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert int(f["commit"][0]) == 3
 
 
 def test_bench_prints_ratios():
