@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, venv_bin, wait_for_commits
-from rbd_hpc.runlog import RunFile, crc32
+from rbd_hpc.runlog import RunFile, RunWriter, crc32, run_attrs
 
 pytestmark = pytest.mark.timeout(600)
 TINY = ["--val-size", "64", "--batch-size", "32", "--threads", "1", "--no-progress"]
@@ -119,6 +119,24 @@ def test_a_changed_coefficient_is_caught(rbd_run, tmp_path):
     proc = run_cli("replay", bad, "--verify")
     assert proc.returncode == 1
     assert "step 10: bitwise equal" in proc.stdout and "step 20: MISMATCH" in proc.stdout
+
+
+def test_a_run_file_is_the_size_of_what_it_holds(tmp_path):
+    """Rows committed a few at a time (as every 0.5 s in training) do not leave dead space."""
+    path, d, rows = tmp_path / "grow.h5", 250, 3000
+    attrs = run_attrs("{}", 0, 1, "shared", "rbd", "cpu", {}, {}, d, True)
+    writer = RunWriter(path, attrs, np.zeros(1000, np.float32), d, 0, 0)
+    coefficients = np.random.default_rng(0).standard_normal((rows, d)).astype(np.float32)
+    for t in range(rows):
+        writer.add_step(t, 0.1, 1.0, coefficients[t])
+        if t % 20 == 19:
+            writer.commit()
+    writer.close()
+    with RunFile(path) as run:
+        assert run.committed == rows
+        assert np.array_equal(run.steps(0, rows)["coefficients"], coefficients)
+    held = rows * (4 * d + 8 + 8 + 4 + 4) + 4 * 1000  # coefficients, step, lr, loss, crc32; θ0
+    assert path.stat().st_size < 1.1 * held + 100_000, (path.stat().st_size, held)
 
 
 def test_a_changed_theta0_value_is_caught(rbd_run, tmp_path):
