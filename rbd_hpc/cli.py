@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise a run file")
     i.add_argument("run")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--epochs", action="store_true", help="the per-epoch metrics as a table, with "
+                   "the best validation epoch and the mean test accuracy of the last ten")
 
     pl = sub.add_parser("plot", help="PNG plots from run files or metrics files")
     pl.add_argument("runs", nargs="+", help="RUN.h5 or METRICS.jsonl files")
@@ -233,8 +235,11 @@ def cmd_replay(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect_run import describe
+    from .inspect_run import describe, describe_epochs
 
+    if args.epochs:
+        print(describe_epochs(args.run))
+        return 0
     text, info = describe(args.run)
     print(json.dumps(info, indent=1, default=str) if args.json else text)
     return 0

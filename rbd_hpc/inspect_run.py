@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 from .runlog import RunFile
+
+_EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
+                  "ms_per_step")
 
 
 def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int) -> str:
@@ -61,3 +65,24 @@ def describe(path: str) -> tuple[str, dict]:
         "config        " + json.dumps(cfg, sort_keys=True),
     ]
     return "\n".join(lines), info
+
+
+def epoch_table(metrics: list[dict], last: int = 10) -> str:
+    """One line per evaluation, then where validation peaked and the mean test accuracy of the
+    ``last`` evaluations (a single final epoch moves by tenths of a point from epoch to epoch)."""
+    if not metrics:
+        return "no epochs evaluated yet"
+    head = " ".join(f"{c:>10}" for c in _EPOCH_COLUMNS)
+    rows = [" ".join(f"{r[c]:>10g}" if c in ("epoch", "step") else f"{r[c]:>10.4f}"
+                     for c in _EPOCH_COLUMNS) for r in metrics]
+    best = max(metrics, key=lambda r: r["val_acc"])
+    tail = [r["test_acc"] for r in metrics[-last:]]
+    summary = (f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']:g} (test_acc there "
+               f"{best['test_acc']:.4f}); test_acc over the last {len(tail)}: mean "
+               f"{statistics.fmean(tail):.4f}, range {min(tail):.4f}–{max(tail):.4f}")
+    return "\n".join([head, *rows, summary])
+
+
+def describe_epochs(path: str) -> str:
+    with RunFile(path) as run:
+        return epoch_table(run.metrics())

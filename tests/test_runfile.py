@@ -101,6 +101,25 @@ def test_inspect(rbd_run):
     assert "test_acc" in proc.stdout
 
 
+def test_inspect_epochs_lists_every_evaluation_and_the_best(rbd_run):
+    proc = run_cli("inspect", rbd_run, "--epochs")
+    assert proc.returncode == 0, proc.stderr
+    head, *rows, summary = proc.stdout.strip().splitlines()
+    assert head.split() == ["epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss",
+                            "test_acc", "ms_per_step"]
+    with RunFile(rbd_run) as run:
+        metrics = run.metrics()
+    assert [float(r.split()[1]) for r in rows] == [18, 36, 45]  # two epochs and the partial third
+    for row, m in zip(rows, metrics, strict=True):
+        assert [float(v) for v in row.split()[2:7]] == [
+            round(m[c], 4) for c in ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc")]
+    best = max(metrics, key=lambda m: m["val_acc"])
+    tests = [m["test_acc"] for m in metrics]
+    assert summary == (f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']:g} (test_acc "
+                       f"there {best['test_acc']:.4f}); test_acc over the last 3: mean "
+                       f"{sum(tests) / 3:.4f}, range {min(tests):.4f}–{max(tests):.4f}")
+
+
 def copy(src: Path, dst: Path) -> Path:
     dst.write_bytes(src.read_bytes())
     return dst
