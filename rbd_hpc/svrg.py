@@ -26,8 +26,8 @@ from .data import Split, to_tensor
 from .errors import UserError
 from .models import FlatParameters
 
-# samples per forward/backward in the anchor pass: 128 takes 0.38 ms a sample on one CNN thread
-# here, 1000 took 0.75 (its 86 MB activations are fresh mmaps, page-faulted on every batch)
+# samples per forward/backward in the anchor pass: 128 takes 0.38–0.67 ms a sample on one CNN
+# thread here, 1000 took 0.71–0.76 (its 86 MB activations are fresh mmaps, page-faulted each batch)
 _PASS_BATCH = 128
 
 
