@@ -75,9 +75,11 @@ def curvature(v: torch.Tensor) -> float:
 for at in steps:
     lr = float(run.steps(at, at + 1)["lr"][0])
     anchor = None
-    if cfg.svrg_every:  # θ̃ and μ̃ of the anchor that step `at` used
-        set_theta(replay_to(run, anchor_step(at, cfg.svrg_every)))
-        anchor = (flat.theta.clone(), gradient(np.arange(len(data.train.y))))
+    if cfg.svrg_every:  # θ̃ and μ̃ of the anchor that step `at` used, as in training
+        anchor = Anchor(model, "cpu", standardize=False)
+        anchor.refresh(torch.as_tensor(np.asarray(replay_to(run, anchor_step(at, cfg.svrg_every)),
+                                                  np.float32)),
+                       data.train, (0, len(data.train.y)), 1.0 / len(data.train.y))
     theta = replay_to(run, at)
     set_theta(theta)
     full = gradient(big)
@@ -86,16 +88,10 @@ for at in steps:
     for k in range(BATCHES):
         epoch, i = divmod(at + k, stream.steps_per_epoch)
         xb, yb = stream.batch(epoch, i)
-        set_theta(theta)
+        x, y = to_tensor(xb), torch.from_numpy(yb)
         flat.zero_grad()
-        torch.nn.functional.cross_entropy(model(to_tensor(xb)), torch.from_numpy(yb)).backward()
-        g = flat.gradient()
-        if anchor is not None:
-            flat.theta.copy_(anchor[0])
-            flat.zero_grad()
-            torch.nn.functional.cross_entropy(model(to_tensor(xb)), torch.from_numpy(yb)).backward()
-            g = g - flat.gradient() + anchor[1]
-            set_theta(theta)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        g = flat.gradient() if anchor is None else anchor.correct(flat.gradient(), x, y)
         for span, chunk in step_chunks(method.basis, method.compartments, method.key_step(at + k),
                                        method.directions_per_compartment, method.chunk_size):
             step_u = chunk.combine(chunk.project(g[span]))  # equal-size neighbours go together
