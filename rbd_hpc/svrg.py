@@ -26,8 +26,9 @@ from .data import Split, to_tensor
 from .errors import UserError
 from .models import FlatParameters
 
-# samples per forward/backward in the anchor pass: 128 takes 0.38–0.67 ms a sample on one CNN
-# thread here, 1000 took 0.71–0.76 (its 86 MB activations are fresh mmaps, page-faulted each batch)
+# samples per forward/backward in the anchor pass: 128 takes 0.36–0.67 ms a sample on one CNN
+# thread here, 1000 took 0.64–0.76 (its 86 MB activations are fresh mmaps, page-faulted each
+# batch); python docs/pass_batch.py times both
 _PASS_BATCH = 128
 
 
