@@ -2,7 +2,7 @@
 
 Configurations are interleaved (one step of each, round after round) so machine noise
 hits them alike; we report medians and the ratio to the SGD median measured in the
-same run. ``reference`` is the straightforward implementation DESIGN.md quotes
+same run. ``reference`` is the straightforward implementation that the paper-era timing used
 (torch.randn chunks of 50 from one generator, normalised by √D, projection and update
 in one pass per chunk).
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -177,7 +178,6 @@ def memory_ratio(model_name: str, dataset: str, d: int, dist: str, compartments:
         arg = json.dumps([model_name, dataset, method, d, dist, compartments, steps])
         env = None
         if threads:
-            import os
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, arg], capture_output=True,
                               text=True, env=env, check=True)

@@ -4,13 +4,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 
+import torch
+
+from .bases import BasisConfig
+from .bench import format_table, memory_ratio, replay_ratio, run_bench
+from .comm import create_communicator, install_abort_handler
+from .compartments import segments
+from .config import FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag
+from .data import SHAPES
 from .errors import UserError, require_choice, require_positive
+from .inspect_run import describe, describe_epochs
+from .models import MODELS
+from .plot import plot
+from .preemption import EXIT_PREEMPTED, StopRequest
+from .replay import replay_to, save_weights, verify
+from .resume import resumed_config
+from .runlog import RunFile
+from .train import train
 
 EXIT_USER_ERROR = 2
-EXIT_PREEMPTED = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,60 +47,19 @@ def _float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PRESETS
-
     p = _Parser(prog="rbd-hpc", description="Random Bases Descent on HPC clusters")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a network (under mpiexec/srun: one rank per process)")
-    t.add_argument("--preset", default=None, help="one of: " + ", ".join(PRESETS) + " (default fc-fmnist)")
-    t.add_argument("--method", help="rbd, fpd, nes, sgd, rigl, set or static")
-    t.add_argument("--sigma", type=_float, help="NES noise scale")
-    t.add_argument("--sparsity", type=_float, help="RigL/SET/Static: fraction of weights kept at zero")
-    t.add_argument("--sparsity-dist", help="uniform or erk")
-    t.add_argument("--mask-every", type=_int, help="RigL/SET: steps between mask updates (ΔT)")
-    t.add_argument("--drop-fraction", type=_float, help="RigL/SET: initial drop fraction α")
-    t.add_argument("--d", type=_int, help="directions per step (split over compartments by size)")
-    t.add_argument("--d-per-compartment", type=_int, help="directions per compartment instead of --d")
-    t.add_argument("--dist", help="gaussian, rademacher, uniform, srht or smooth:σ (fc presets with "
-                                  "--compartments layer: rank-1 directions, blurred-image input side)")
-    t.add_argument("--normalize", help="expected (E‖φ‖²=1, default) or exact (‖φ‖=1)")
-    t.add_argument("--antithetic", action="store_true", default=None, help="directions in pairs (φ, −φ)")
-    t.add_argument("--compartments", help="network, layer, tensor or block:N")
-    t.add_argument("--allocate", help="split --d over compartments: size (default, d_k ∝ D_k), sqrt, "
-                                      "equal, or power:P (d_k ∝ D_k^P)")
-    t.add_argument("--redraw-every", type=_int, help="redraw directions every n steps (RBD)")
-    t.add_argument("--chunk", type=_int, help="directions generated per chunk")
-    t.add_argument("--keep-in-memory", action="store_true", default=None,
-                   help="keep directions in memory while they stay the same (FPD, --redraw-every)")
-    t.add_argument("--epochs", type=_int)
-    t.add_argument("--steps", type=_int, help="train this many steps instead of --epochs")
-    t.add_argument("--batch-size", type=_int, help="global batch size (default 32)")
-    t.add_argument("--lr", type=_float, help="learning rate (default: the preset's base × batch size)")
-    t.add_argument("--momentum", type=_float, help="heavy-ball momentum μ in [0, 1) (rbd, fpd, sgd, rigl, set, static)")
-    t.add_argument("--weight-decay", type=_float,
-                   help="decoupled weight decay λ ≥ 0: θ ← (1 − ηλ) θ every step (all methods)")
-    t.add_argument("--svrg-every", type=_int,
-                   help="SVRG: project g_b(θ) − g_b(θ̃) + μ̃, with θ̃ and the training-set "
-                        "gradient μ̃ renewed every N steps (rbd, fpd; e.g. 1718, one "
-                        "Fashion-MNIST epoch at batch 32)")
-    t.add_argument("--schedule", help="constant or cosine")
-    t.add_argument("--seed", type=_int, help="root seed of the seed schedule")
-    t.add_argument("--data-dir", help="data directory (default $RBD_DATA or the Fashion-MNIST package)")
-    t.add_argument("--val-size", type=_int, help="training samples held out for validation")
-    t.add_argument("--augment", dest="augment", action="store_true", default=None,
-                   help="the paper's augmentation (random crop, brightness / flip)")
-    t.add_argument("--mode", help="shared (data-parallel, default) or per-rank (direction-parallel)")
-    t.add_argument("--snapshot-every", type=_int, help="full θ snapshot every N steps")
-    t.add_argument("--check-every", type=_int, help="compare θ hashes across ranks every N steps")
-    t.add_argument("--device", help="cpu, cuda or ipu")
-    t.add_argument("--threads", type=_int, help="torch threads per rank")
+    t.add_argument("--preset", choices=None, metavar="PRESET",
+                   help=FIELDS["preset"].metadata["help"] + ": " + ", ".join(PRESETS) + " (default fc-fmnist)")
+    add_config_options(t)
     t.add_argument("--out", help="the run file (HDF5) to write (an existing one is refused)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out run file")
     t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
-    t.add_argument("--no-progress", dest="progress", action="store_false")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     t.add_argument("--config-json", help="the full config as JSON (as stored in a run file); "
                    "other options override it")
 
@@ -134,61 +107,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TRAIN_KEYS = ("method", "d", "d_per_compartment", "dist", "normalize", "antithetic", "compartments",
-              "allocate", "redraw_every", "chunk", "epochs", "steps", "batch_size", "lr", "momentum", "weight_decay",
-              "svrg_every", "schedule",
-              "seed", "data_dir", "val_size", "augment", "mode", "snapshot_every", "check_every",
-              "device", "threads", "keep_in_memory", "sigma", "sparsity", "sparsity_dist", "mask_every", "drop_fraction")
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig option, with its help, choices and default from the field."""
+    parse = {"int": _int, "float": _float, "str": str}
+    for f in FIELDS.values():
+        meta = f.metadata
+        if not meta["cli"]:
+            continue
+        base, _ = field_kind(f)
+        text = meta["help"] + (": " + ", ".join(meta["choices"]) if meta["choices"] else "")
+        if base == "bool":
+            parser.add_argument(flag(f.name), action="store_true", default=None, help=text)
+            continue
+        if f.default is not None:
+            text += f" (default {f.default})"
+        parser.add_argument(flag(f.name), type=parse[base], default=None, dest=f.name,
+                            metavar={"int": "N", "float": "X"}.get(base, f.name.upper()), help=text)
 
 
-def cmd_train(args, comm) -> int:
-    from .config import TrainConfig
-    from .train import train
+def config_overrides(args) -> dict:
+    """The config options given on the command line."""
+    return {f.name: getattr(args, f.name) for f in FIELDS.values()
+            if f.metadata["cli"] and getattr(args, f.name) is not None}
 
-    overrides = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+
+def train_config(args, comm) -> tuple[TrainConfig, str | None]:
+    """The config of ``rbd-hpc train`` and its run file: a resume's stored config, a
+    --config-json, or a preset; each with the command line's options on top."""
+    overrides = config_overrides(args)
     if args.resume:
-        from .runlog import RunFile
-
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise UserError("--resume writes to the run file it resumes; drop --out")
-        if comm.rank == 0:
-            with RunFile(args.resume) as run:
-                stored = json.loads(run.config_json)
-        else:
-            stored = None
-        stored = comm.broadcast_object(stored)
-        free = set(TrainConfig.RESUME_FREE)
-        differ = sorted(k for k, v in overrides.items() if k not in free and stored.get(k) != v)
-        if args.preset and args.preset != stored.get("preset"):
-            differ.insert(0, "preset")
-        if differ:
-            raise UserError(f"--resume {args.resume}: config differs from the run file in "
-                            f"{', '.join(differ)}; resume with the stored config")
-        stored.update({k: v for k, v in overrides.items() if k in free})
-        cfg = TrainConfig(**stored)
-        out = args.resume
-    elif args.config_json:
+        outcome = None
+        if comm.rank == 0:  # one reader; every rank gets the config or the same error
+            try:
+                outcome = ("ok", resumed_config(args.resume, overrides, args.preset).to_json())
+            except UserError as e:
+                outcome = ("error", str(e))
+        kind, text = comm.broadcast_object(outcome)
+        if kind == "error":
+            raise UserError(text)
+        return TrainConfig.from_json(text), args.resume
+    if args.config_json:
         try:
             fields = json.loads(args.config_json)
         except json.JSONDecodeError as e:
             raise UserError(f"--config-json is not valid JSON: {e}") from None
-        fields.update(overrides)
-        cfg = TrainConfig(**fields)
-        out = args.out
-    else:
-        cfg = TrainConfig.from_preset(args.preset or "fc-fmnist", **overrides)
-        out = args.out
+        if not isinstance(fields, dict):
+            raise UserError("--config-json must be a JSON object of config fields")
+        return TrainConfig.from_dict({**fields, **overrides}, "--config-json"), args.out
+    return TrainConfig.from_preset(args.preset or "fc-fmnist", **overrides), args.out
 
-    stop = {"flag": False}
 
-    def on_signal(signum, frame):  # finish the current step, commit, exit for requeue
-        stop["flag"] = True
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-
-    summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
-                    resume=bool(args.resume), should_stop=lambda: stop["flag"],
-                    overwrite=args.overwrite)
+def cmd_train(args, comm) -> int:
+    cfg, out = train_config(args, comm)
+    with StopRequest() as stop:  # the preemption protocol: preemption.py
+        summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
+                        resume=bool(args.resume), should_stop=stop, overwrite=args.overwrite)
     if comm.rank == 0:
         if summary["preempted"]:
             print(f"rbd-hpc: preempted after step {summary['steps_done']} of "
@@ -204,12 +179,6 @@ def cmd_train(args, comm) -> int:
 
 
 def cmd_replay(args) -> int:
-    import torch
-
-    from .config import TrainConfig
-    from .replay import replay_to, save_weights, verify
-    from .runlog import RunFile
-
     require_positive("--threads", args.threads, allow_none=True)  # the rule train applies to --threads
     with RunFile(args.run) as run:
         threads = args.threads or TrainConfig.from_json(run.config_json).threads
@@ -235,8 +204,6 @@ def cmd_replay(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect_run import describe, describe_epochs
-
     if args.epochs:
         print(describe_epochs(args.run))
         return 0
@@ -246,15 +213,6 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import torch
-
-    from .bases import BasisConfig
-    from .bench import format_table, memory_ratio, replay_ratio, run_bench
-    from .compartments import segments
-    from .data import SHAPES
-    from .models import MODELS
-    from .svrg import require_every
-
     dists = tuple(x for x in args.dist.split(",") if x)
     comps = tuple(x for x in args.compartments.split(",") if x)
     for dist in dists:
@@ -263,7 +221,7 @@ def cmd_bench(args) -> int:
         segments([("x", 1)], comp)
     require_choice("--model", args.model, MODELS)
     require_choice("--dataset", args.dataset, tuple(SHAPES))
-    require_every(args.svrg_every)
+    check_option("svrg_every", args.svrg_every)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,
@@ -298,14 +256,10 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "train":
-            from .comm import create_communicator, install_abort_handler
-
             comm = create_communicator()
             install_abort_handler(comm)
             return cmd_train(args, comm)
         if args.command == "mpi-check":
-            from .comm import create_communicator
-
             comm = create_communicator()
             if args.expect is not None and comm.size != args.expect:
                 raise UserError(f"MPI world size {comm.size}, expected {args.expect}")
@@ -316,8 +270,6 @@ def main(argv=None) -> int:
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "plot":
-            from .plot import plot
-
             for path in plot(args.runs, args.out):
                 print(path)
             return 0

@@ -150,8 +150,3 @@ def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
         ds = split_d(sizes, d_total, allocate)
     return [Compartment(i, start, stop, d, name)
             for i, ((name, start, stop), d) in enumerate(zip(segs, ds))]
-
-
-def direction_owner(compartment: Compartment, index: int) -> int:
-    """Rank owning direction ``index`` of a compartment in per-rank-bases mode."""
-    return index // compartment.d

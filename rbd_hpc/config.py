@@ -1,9 +1,15 @@
-"""Run configuration: a validated dataclass, stored whole in the run file.
+"""Run configuration: one validated dataclass, stored whole in the run file.
 
-Presets carry the paper's settings (DESIGN.md: official machinable.yaml): batch 32,
-no momentum, no schedule, learning rate = base × batch size. The paper trained with
-augmentation for 100 epochs; here it is opt-in (--augment) because over short runs it
-costs accuracy (FC-FMNIST SGD, 1 epoch: 82.3% without, 72.9% with).
+Every training option is declared once, as a field made by ``option(...)``: its default, its
+help, its valid choices or range and whether a resume may change it. The ``rbd-hpc train``
+flags, their help text, the validation and the resume rule are generated from these fields
+(cli.add_config_options, TrainConfig.__post_init__, TrainConfig.resume_free). Rules that tie
+two fields together are written out in ``__post_init__``.
+
+Presets carry the paper's settings (official machinable.yaml): batch 32, no momentum, no
+schedule, learning rate = base × batch size. The paper trained with augmentation for 100
+epochs; here it is opt-in (--augment) because over short runs it costs accuracy (FC-FMNIST
+SGD, 1 epoch: 82.3% without, 72.9% with).
 """
 from __future__ import annotations
 
@@ -13,15 +19,12 @@ import math
 
 from .bases import BasisConfig
 from .compartments import allocation_weight, segments
-from .errors import UserError, require_choice, require_positive
-from .svrg import require_every
+from .data import DATASETS
+from .errors import UserError, choice_error, require_choice, require_positive
+from .methods import (GRADIENT_METHODS, METHODS, MODES, MOMENTUM_METHODS, SPARSITY_DISTRIBUTIONS,
+                      SVRG_METHODS)
+from .models import MODELS
 
-METHODS = ("rbd", "fpd", "nes", "sgd", "rigl", "set", "static")
-# methods that step along the full gradient (no coefficients logged, not replayable)
-GRADIENT_METHODS = ("sgd", "rigl", "set", "static")
-SVRG_METHODS = ("rbd", "fpd")  # methods that project a gradient onto random directions
-MOMENTUM_METHODS = ("rbd", "fpd", *GRADIENT_METHODS)  # NES steps are shaped ranks
-MODES = ("shared", "per-rank")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("cpu", "cuda", "ipu")
 
@@ -56,76 +59,95 @@ def base_lr(model: str, dataset: str, method: str) -> float:
     return rates["sgd" if method in GRADIENT_METHODS else "rbd"]
 
 
+def option(default, help: str, *, choices: tuple | None = None, positive: bool = False,
+           at_least: float | None = None, rule: str | None = None, resume_free: bool = False,
+           cli: bool = True):
+    """A config field and everything said about it: the flag --NAME (underscores → dashes),
+    its help, its check (``choices``; ``positive``; ``at_least``, worded as ``rule``), and
+    ``resume_free``: a resume may change it because it does not change the trajectory."""
+    return dataclasses.field(default=default, metadata=dict(
+        help=help, choices=choices, positive=positive, at_least=at_least,
+        rule=rule or (f"≥ {at_least:g}" if at_least is not None else None),
+        resume_free=resume_free, cli=cli))
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that determines a run's trajectory (plus where its data lives)."""
 
-    model: str = "fc"
-    dataset: str = "fmnist"
-    method: str = "rbd"
-    preset: str | None = "fc-fmnist"
-    d: int = 250
-    d_per_compartment: int | None = None
-    dist: str = "gaussian"
-    normalize: str = "expected"
-    antithetic: bool = False
-    compartments: str = "network"
-    allocate: str = "size"             # how --d is split over compartments: size, sqrt, equal, power:P
-    redraw_every: int = 1
-    chunk: int = 50
-    epochs: int | None = 1
-    steps: int | None = None
-    batch_size: int = 32
-    lr: float | None = None
-    momentum: float = 0.0
-    weight_decay: float = 0.0          # decoupled: θ ← (1 − ηλ) θ every step
-    svrg_every: int = 0                # SVRG anchor every N steps (rbd, fpd); 0: off
-    schedule: str = "constant"
-    seed: int = 0
-    data_dir: str | None = None
-    val_size: int = 5000
-    augment: bool = False
-    mode: str = "shared"
-    snapshot_every: int = 500
-    check_every: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    keep_in_memory: bool = False       # hold directions while they do not change (FPD)
-    sigma: float = 0.05                # NES noise scale
-    sparsity: float = 0.9              # RigL / SET / Static
-    sparsity_dist: str = "uniform"
-    mask_every: int = 100
-    drop_fraction: float = 0.3
+    model: str = option("fc", "network", choices=MODELS, cli=False)
+    dataset: str = option("fmnist", "data set", choices=DATASETS, cli=False)
+    method: str = option("rbd", "training method", choices=METHODS)
+    preset: str | None = option("fc-fmnist", "model, data set, d and the paper's learning rate",
+                                choices=tuple(PRESETS), cli=False)
+    d: int = option(250, "directions per step (split over compartments by --allocate)",
+                    positive=True)
+    d_per_compartment: int | None = option(None, "directions per compartment instead of --d",
+                                           positive=True)
+    dist: str = option("gaussian", "direction distribution: gaussian, rademacher, uniform, srht or "
+                       "smooth:σ (fc presets with --compartments layer: rank-1 directions, "
+                       "blurred-image input side)")
+    normalize: str = option("expected", "expected (E‖φ‖² = 1) or exact (‖φ‖ = 1)",
+                            choices=("expected", "exact"))
+    antithetic: bool = option(False, "directions in pairs (φ, −φ)")
+    compartments: str = option("network", "how θ is split: network, layer, tensor or block:N")
+    allocate: str = option("size", "split --d over compartments: size (d_k ∝ D_k), sqrt, equal, "
+                           "or power:P (d_k ∝ D_k^P)")
+    redraw_every: int = option(1, "redraw directions every N steps (RBD)", positive=True)
+    chunk: int = option(50, "directions generated per chunk", positive=True)
+    epochs: int | None = option(1, "epochs to train", positive=True, resume_free=True)
+    steps: int | None = option(None, "train this many steps instead of --epochs", positive=True,
+                               resume_free=True)
+    batch_size: int = option(32, "global batch size", positive=True)
+    lr: float | None = option(None, "learning rate (default: the preset's base × batch size)")
+    momentum: float = option(0.0, "heavy-ball momentum μ in [0, 1) (rbd, fpd, sgd, rigl, set, "
+                             "static)")
+    weight_decay: float = option(0.0, "decoupled weight decay λ ≥ 0: θ ← (1 − ηλ) θ every step "
+                                 "(all methods)", at_least=0, rule="a finite number ≥ 0")
+    svrg_every: int = option(0, "SVRG: project g_b(θ) − g_b(θ̃) + μ̃, with θ̃ and the training-set "
+                             "gradient μ̃ renewed every N steps (rbd, fpd; e.g. 1718, one "
+                             "Fashion-MNIST epoch at batch 32); 0: off", at_least=0,
+                             rule="a number of steps ≥ 1 (0: off)")
+    schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES)
+    seed: int = option(0, "root seed of the seed schedule", at_least=0, rule="in [0, 2**63)")
+    data_dir: str | None = option(None, "data directory (default $RBD_DATA, or the Debian "
+                                  "Fashion-MNIST package)", resume_free=True)
+    val_size: int = option(5000, "training samples held out for validation", at_least=0)
+    augment: bool = option(False, "the paper's augmentation (random crop, brightness / flip)")
+    mode: str = option("shared", "shared (data-parallel) or per-rank (direction-parallel)",
+                       choices=MODES)
+    snapshot_every: int = option(500, "full θ snapshot every N steps", positive=True)
+    check_every: int = option(0, "compare θ hashes across ranks every N steps (0: never)",
+                              at_least=0, resume_free=True)
+    device: str = option("cpu", "where tensors live", choices=DEVICES)
+    threads: int | None = option(None, "torch threads per rank", positive=True, resume_free=True)
+    keep_in_memory: bool = option(False, "keep directions in memory while they stay the same "
+                                  "(FPD, --redraw-every)")
+    sigma: float = option(0.05, "NES perturbation scale σ")
+    sparsity: float = option(0.9, "RigL/SET/Static: fraction of weights kept at zero, in [0, 1)")
+    sparsity_dist: str = option("uniform", "RigL/SET/Static: how sparsity is spread over layers",
+                                choices=SPARSITY_DISTRIBUTIONS)
+    mask_every: int = option(100, "RigL/SET: steps between mask updates (ΔT)", positive=True)
+    drop_fraction: float = option(0.3, "RigL/SET: initial drop fraction α, in (0, 1)")
+    eval_batch_size: int = option(1000, "samples per forward pass in evaluation (memory only: "
+                                  "the trajectory does not depend on it)", positive=True,
+                                  resume_free=True)
 
     def __post_init__(self):
-        from .data import DATASETS
-        from .models import MODELS
-
-        if self.preset is not None:
-            require_choice("--preset", self.preset, tuple(PRESETS))
-        require_choice("--model", self.model, MODELS)
-        require_choice("--dataset", self.dataset, DATASETS)
-        require_choice("--method", self.method, METHODS)
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name))
         BasisConfig(self.dist, self.normalize)  # validates --dist (incl. smooth:σ), --normalize
-        require_choice("--mode", self.mode, MODES)
-        require_choice("--schedule", self.schedule, SCHEDULES)
-        require_choice("--device", self.device, DEVICES)
         segments([("x", 1)], self.compartments)  # validates the scheme's spelling
         allocation_weight(self.allocate)
-        require_positive("--d", self.d)
-        require_positive("--d-per-compartment", self.d_per_compartment, allow_none=True)
-        require_positive("--redraw-every", self.redraw_every)
-        require_positive("--chunk", self.chunk)
-        require_positive("--batch-size", self.batch_size)
-        require_positive("--snapshot-every", self.snapshot_every)
-        require_positive("--threads", self.threads, allow_none=True)
         if self.epochs is None and self.steps is None:
             raise UserError("give --epochs N or --steps N")
-        require_positive("--epochs", self.epochs, allow_none=True)
-        require_positive("--steps", self.steps, allow_none=True)
         if self.lr is None:
             self.lr = base_lr(self.model, self.dataset, self.method) * self.batch_size
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr {self.lr} must be a positive finite number")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
@@ -133,13 +155,10 @@ class TrainConfig:
             applies = ", ".join(MOMENTUM_METHODS[:-1]) + " and " + MOMENTUM_METHODS[-1]
             raise UserError(f"--momentum {self.momentum} applies to {applies} only, not to "
                             f"--method {self.method}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"--weight-decay {self.weight_decay} must be a finite number ≥ 0")
         if self.lr * self.weight_decay >= 1:
             raise UserError(f"--weight-decay {self.weight_decay} with --lr {self.lr} scales θ by "
                             f"1 − ηλ = {1 - self.lr * self.weight_decay:g} per step; "
                             f"ηλ must be below 1")
-        require_every(self.svrg_every)
         if self.svrg_every and self.method not in SVRG_METHODS:
             raise UserError(f"--svrg-every corrects the gradient that rbd and fpd project, "
                             f"not --method {self.method}")
@@ -147,46 +166,97 @@ class TrainConfig:
             raise UserError("--svrg-every with --augment: the anchor gradient is taken over the "
                             "unaugmented training set, so the correction would be biased; "
                             "drop one of them")
-        if not 0 <= self.seed < 2**63:
+        if self.seed >= 2**63:  # the lower bound is the field's
             raise UserError(f"--seed {self.seed} must be in [0, 2**63)")
-        require_choice("--sparsity-dist", self.sparsity_dist, ("uniform", "erk"))
         if not 0.0 <= self.sparsity < 1.0:
             raise UserError(f"--sparsity {self.sparsity} must be in [0, 1)")
         if not 0.0 < self.drop_fraction < 1.0:
             raise UserError(f"--drop-fraction {self.drop_fraction} must be in (0, 1)")
-        require_positive("--mask-every", self.mask_every)
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise UserError(f"--sigma {self.sigma} must be a positive number")
-        if self.check_every < 0:
-            raise UserError(f"--check-every {self.check_every} must be >= 0")
 
     @property
     def basis(self) -> BasisConfig:
         return BasisConfig(self.dist, self.normalize, self.antithetic)
 
+    # -- the one way in: every config is built from a dict through from_dict ---------------
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        """A config from field values; an unknown key is refused with the list of valid ones."""
+        if not isinstance(values, dict):
+            raise UserError(f"{source} must be a JSON object of config fields, not "
+                            f"{type(values).__name__}")
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise UserError(f"{source} has unknown key(s) {unknown}; valid: "
+                            + ", ".join(cls.field_names()))
+        return cls(**values)
+
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
+        """The preset's model, data set and d, then ``overrides`` (None values are skipped)."""
         require_choice("--preset", preset, tuple(PRESETS))
         model, dataset, d = PRESETS[preset]
         fields = {"model": model, "dataset": dataset, "d": d, "preset": preset}
         fields.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**fields)
+        return cls.from_dict(fields, "preset overrides")
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "run file config") -> "TrainConfig":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source} is not valid JSON: {e}") from None
+        return cls.from_dict(values, source)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def field_names(cls) -> set[str]:
-        return {f.name for f in dataclasses.fields(cls)}
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
-        unknown = sorted(set(data) - cls.field_names())
-        if unknown:
-            raise UserError(f"run file config has unknown keys {unknown}; it was written by a "
-                            "newer rbd-hpc")
-        return cls(**data)
+    def resume_free(cls) -> set[str]:
+        """Fields a resume may change without changing the trajectory."""
+        return {f.name for f in dataclasses.fields(cls) if f.metadata["resume_free"]}
 
-    # keys that may differ between a run and its resume without changing the trajectory
-    RESUME_FREE = ("data_dir", "threads", "epochs", "steps", "check_every")
+
+# the Python type each annotation admits, and its wording in an error
+_KINDS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
+          "bool": ((bool,), "true or false"), "str": ((str,), "a string")}
+
+
+def field_kind(f: dataclasses.Field) -> tuple[str, bool]:
+    """(base type name, whether None is allowed) from an annotation like ``int | None``."""
+    parts = [p.strip() for p in str(f.type).split("|")]
+    return [p for p in parts if p != "None"][0], "None" in parts
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    """The checks an ``option`` declares: type, choices, sign. One error line naming the flag."""
+    name, meta = flag(f.name), f.metadata
+    base, nullable = field_kind(f)
+    if value is None:
+        if nullable:
+            return
+        raise UserError(f"{name} must be set")
+    types, wording = _KINDS[base]
+    if not isinstance(value, types) or (base != "bool" and isinstance(value, bool)):
+        raise UserError(f"{name} {value!r} must be {wording}")
+    if base == "float" and not math.isfinite(value):
+        raise UserError(f"{name} {value} must be {meta['rule'] or 'a finite number'}")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise choice_error(name, value, meta["choices"])
+    if meta["positive"]:
+        require_positive(name, value)
+    if meta["at_least"] is not None and value < meta["at_least"]:
+        raise UserError(f"{name} {value} must be {meta['rule']}")
+
+
+def check_option(name: str, value) -> None:
+    """Check one value against its field's declaration (bench takes a few training options)."""
+    _check_field(FIELDS[name], value)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}  # name → its declaration

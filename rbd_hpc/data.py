@@ -9,7 +9,7 @@ Formats:
       file cannot run code.
 
 Data order is keyed by (root seed, epoch) and rank r takes a fixed slice of each
-global batch (DESIGN.md invariant 6). Augmentation is keyed by (root seed, epoch,
+global batch (docs/design.md, invariant 6). Augmentation is keyed by (root seed, epoch,
 global batch index) and drawn for the whole global batch, so it does not depend on the
 number of ranks either.
 """
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import UserError, require_choice
+from .partition import share
 from .seeds import Stream, derive_seed, numpy_rng
 
 DATASETS = ("mnist", "fmnist", "cifar10")
@@ -51,7 +52,6 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    source: str
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -163,7 +163,7 @@ def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 500
     perm = numpy_rng(derive_seed(seed, Stream.SPLIT)).permutation(len(train.y))
     val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
     return Dataset(name, Split(train.x[train_idx], train.y[train_idx]),
-                   Split(train.x[val_idx], train.y[val_idx]), test, str(directory))
+                   Split(train.x[val_idx], train.y[val_idx]), test)
 
 
 # --- order, sharding, augmentation: pure functions of keys --------------------------------
@@ -171,12 +171,6 @@ def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 500
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The permutation of the training set for ``epoch`` (same on every rank)."""
     return numpy_rng(derive_seed(seed, Stream.DATA_ORDER, epoch)).permutation(n)
-
-
-def shard(global_batch: np.ndarray, rank: int, size: int) -> np.ndarray:
-    """Rank ``rank``'s fixed slice of a global batch (sizes must divide evenly)."""
-    per = len(global_batch) // size
-    return global_batch[rank * per:(rank + 1) * per]
 
 
 def augment_params(seed: int, epoch: int, batch: int, n: int, pad: int, flip: bool,
@@ -249,6 +243,6 @@ class BatchStream:
                                                      self.flip, self.brightness), self.pad)
         y = self.split.y[idx]
         if self.per_rank_data:
-            sl = shard(np.arange(len(idx)), self.rank, self.size)
-            x, y = x[sl], y[sl]
+            mine = share(len(idx), self.rank, self.size)
+            x, y = x[mine.start:mine.stop], y[mine.start:mine.stop]
         return x, y

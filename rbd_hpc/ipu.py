@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .coordinates import coordinate_gradients, perturbed_parameters
-from .errors import UserError
 
 
 def poptorch_available() -> bool:
@@ -33,8 +33,6 @@ class CoordinateModel(nn.Module):
             nn.Parameter(torch.zeros(ch.n_coefficients)) for _, ch in chunks)
 
     def forward(self, x, y):
-        from torch.func import functional_call
-
         params = perturbed_parameters(self.flat, self.chunks, list(self.coordinates))
         out = functional_call(self.model, {**params, **dict(self.model.named_buffers())}, (x,))
         return nn.functional.cross_entropy(out, y)
@@ -61,9 +59,3 @@ class _LossAndGrad(nn.Module):  # pragma: no cover - poptorch only
         loss = self.wrapped(x, y)
         grads = torch.autograd.grad(loss, list(self.wrapped.coordinates))
         return loss, torch.cat(grads)
-
-
-def require_ipu() -> None:
-    if not poptorch_available():
-        raise UserError("--device ipu needs poptorch (Graphcore Poplar SDK), which is not "
-                        "installed; use --device cpu or cuda")

@@ -8,29 +8,32 @@
     print(job.result()["test_acc"])
 
 On Slurm each task is one MPI rank: submitit's srun gets ``--mpi=pmi2`` so the tasks form
-one MPI world. Preemption: Slurm signals every task (submitit's USR2, ``signal_delay_s``
-before the limit); every rank finishes its current step, the ranks agree on the stop step,
-rank 0 commits a snapshot, then submitit's handler calls ``TrainJob.checkpoint`` and
-requeues. The requeued job resumes from the run file. The local backend runs the same
-job under ``mpiexec`` (or in-process for one task).
+one MPI world. Preemption follows the one protocol of preemption.py (docs/design.md,
+"Preemption"): Slurm signals every task ``signal_delay_s`` before the limit, every rank
+finishes its step, the ranks agree on the stop step, rank 0 commits a snapshot, and only then
+is the signal handed on to submitit's handler, which calls ``TrainJob.checkpoint`` and
+requeues. The requeued job resumes from the run file. The local backend runs the same job
+under ``mpiexec`` (or in-process for one task).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import shutil
-import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import submitit
 
+from .comm import create_communicator, install_abort_handler
 from .config import TrainConfig
 from .errors import UserError, require_choice
+from .preemption import StopRequest
+from .train import train
 
 BACKENDS = ("auto", "slurm", "local")
-_CLUSTER_KEYS = None
 
 
 @dataclasses.dataclass
@@ -111,35 +114,23 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         if self.backend == "local" and self.tasks > 1:
             return self._local_mpi()
-        from .comm import create_communicator, install_abort_handler
-        from .train import train
-
+        cfg = TrainConfig.from_dict(self.config, "submitted config")
         comm = create_communicator()
         if comm.size != self.tasks:
             raise UserError(f"MPI world size {comm.size}, expected {self.tasks} tasks")
         install_abort_handler(comm)
-        stop = {"flag": False}
-        preempt_sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-        submitit_handler = signal.getsignal(preempt_sig)
-
-        def on_signal(signum, frame):  # finish the step, commit; submitit requeues afterwards
-            stop["flag"] = True
-        for sig in (preempt_sig, signal.SIGTERM):
-            signal.signal(sig, on_signal)
-        summary = train(TrainConfig(**self.config), comm, out=self.out, metrics_path=self.metrics,
-                        progress=False, resume=Path(self.out).exists(),
-                        should_stop=lambda: stop["flag"])
-        summary = {k: v for k, v in summary.items() if k != "theta"}
-        summary["world_size"] = comm.size
-        if summary["preempted"] and callable(submitit_handler):
-            # rank 0: checkpoint() + scontrol requeue + exit; other ranks return at once
-            submitit_handler(preempt_sig, None)
+        with StopRequest() as stop:  # the preemption protocol: preemption.py
+            summary = train(cfg, comm, out=self.out, metrics_path=self.metrics, progress=False,
+                            resume=Path(self.out).exists(), should_stop=stop)
+            summary = {k: v for k, v in summary.items() if k != "theta"}
+            summary["world_size"] = comm.size
+            if summary["preempted"]:
+                # the run file is committed: now submitit's own handler checkpoints and
+                # requeues (rank 0 exits there; the other ranks return at once)
+                stop.pass_on()
         return summary
 
     def _local_mpi(self) -> dict:
-        import json
-        import tempfile
-
         mpiexec = Path(sys.executable).parent / "mpiexec"
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(self.tasks),
                str(Path(sys.executable).parent / "rbd-hpc"), "train", "--no-progress",

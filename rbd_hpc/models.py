@@ -1,9 +1,11 @@
-"""Networks of the paper (DESIGN.md) and ResNets for CIFAR-10. Imports only torch.
+"""Networks of the paper (docs/design.md) and ResNets for CIFAR-10. Imports only torch (and
+NumPy for the buffer vectors).
 
 FC and CNN follow the official Keras code: Glorot-uniform kernels, zero biases.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -161,7 +163,17 @@ class FlatParameters:
     def named_sizes(self) -> list[tuple[str, int]]:
         return list(zip(self.names, self.sizes))
 
-    def as_dict(self, theta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        t = self.theta if theta is None else theta
-        return {n: t[lo:hi].view(shape) for n, lo, hi, shape
-                in zip(self.names, self.offsets, self.offsets[1:], self.shapes)}
+
+# -- model buffers (BatchNorm statistics) as one float64 vector: snapshots, resume, averaging --
+
+def buffers_vector(model: nn.Module) -> np.ndarray:
+    bufs = [b.detach().reshape(-1).double().cpu() for _, b in model.named_buffers()]
+    return torch.cat(bufs).numpy() if bufs else np.zeros(0)
+
+
+def load_buffers(model: nn.Module, vec: np.ndarray) -> None:
+    offset = 0
+    for _, b in model.named_buffers():
+        n = b.numel()
+        b.copy_(torch.from_numpy(vec[offset:offset + n]).reshape(b.shape).to(b.dtype))
+        offset += n

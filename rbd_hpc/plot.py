@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import GRADIENT_METHODS
 from .errors import UserError
+from .methods import GRADIENT_METHODS
+from .runlog import RunFile
 
 
 def run_label(cfg: dict, with_d: bool = True) -> str:
@@ -53,8 +54,6 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
 
 
 def load_runs(paths: list[str]) -> list[dict]:
-    from .runlog import RunFile
-
     runs = []
     for p in paths:
         path = Path(p)

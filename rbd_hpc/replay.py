@@ -1,8 +1,9 @@
 """Replay: regenerate the directions and apply the logged coefficients — no data needed.
 
 Replay calls the method's ``replay_step``, which is the training update function with
-the coefficients read from the file (DESIGN.md invariant 2): on the same platform and
-thread count the result is bitwise identical to training.
+the coefficients read from the file (docs/design.md, invariant 2): on the same platform and
+thread count the result is bitwise identical to training. Nothing here imports the
+training loop: the method comes from the factory in methods/build.py.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from .comm import SingleProcess
 from .config import TrainConfig
 from .errors import UserError
+from .methods.build import build_method
 from .runlog import RunFile
 
 _BLOCK = 256  # coefficient rows read per HDF5 access
@@ -21,8 +23,6 @@ _BLOCK = 256  # coefficient rows read per HDF5 access
 
 def method_for(run: RunFile):
     """The method object that produced a run, rebuilt from its config and layout."""
-    from .train import build_method
-
     cfg = TrainConfig.from_json(run.config_json)
     if not run.replayable:
         raise UserError(f"{run.path}: method {cfg.method!r} logs no coefficients and cannot be "

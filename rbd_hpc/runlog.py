@@ -41,6 +41,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from . import __version__
 from .errors import UserError
@@ -172,10 +173,6 @@ class RunWriter:
         f.flush()                      # rows reach the file before the marker does
         f["commit"][...] = [self.committed, self.committed_snapshots]
         f.flush()
-
-    @property
-    def pending(self) -> int:
-        return len(self._rows)
 
     def close(self) -> None:
         if self.f:
@@ -309,8 +306,6 @@ class RunFile:
 def run_attrs(config_json: str, root_seed: int, world_size: int, mode: str, method: str,
               device_type: str, param_layout: dict, buffer_layout: dict, n_coefficients: int,
               replayable: bool) -> dict:
-    import torch
-
     return {
         "config": config_json, "root_seed": str(root_seed), "package_version": __version__,
         "torch_version": str(torch.__version__), "device_type": device_type, "world_size": world_size,
@@ -318,3 +313,28 @@ def run_attrs(config_json: str, root_seed: int, world_size: int, mode: str, meth
         "buffer_layout": json.dumps(buffer_layout), "n_coefficients": n_coefficients,
         "replayable": replayable, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+# -- file policy: what may be written where ----------------------------------------------------
+
+def check_writable(path: Path) -> None:
+    """A clear error before any work if ``path`` cannot be created."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"output directory {parent} is not writable")
+
+
+def refuse_existing(path: Path) -> None:
+    """A new run never replaces a run file: hours of a run are one repeated command away from
+    being lost otherwise (--overwrite says so explicitly, --resume continues it)."""
+    if not path.exists():
+        return
+    try:
+        with RunFile(path) as run:
+            held = f" ({run.committed} steps committed)"
+    except (UserError, OSError):
+        held = ""
+    raise UserError(f"run file {path} already exists{held}; continue it with --resume {path}, "
+                    "or replace it with --overwrite")

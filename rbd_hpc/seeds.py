@@ -1,7 +1,7 @@
 """Seed schedule: a pure, collision-free map from a key to a generator seed.
 
 A key is (root seed, stream, step, compartment, index). It never contains the rank
-id or the number of ranks (DESIGN.md invariant 1).
+id or the number of ranks (docs/design.md, invariant 1).
 
 The map is the Philox4x32-10 block cipher (Salmon et al. 2011, the generator behind
 cuRAND and NumPy's ``Philox``): the root seed is the 64-bit cipher key and
@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 
 import numpy as np
+import torch
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -37,7 +38,7 @@ class Stream(enum.IntEnum):
     SPLIT = 5        # train/validation split
     INIT = 6         # initial weights
     MASK = 7         # sparse masks (RigL, SET, static)
-    NES = 8          # evolution-strategy perturbations
+    # 8 was reserved for NES perturbations, which use the DIRECTIONS keys: do not reuse it
 
 
 def philox4x32(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
@@ -104,8 +105,6 @@ def derive_seed(root_seed: int, stream: Stream, step: int = 0, compartment: int 
 
 def torch_generator(seed: int, device="cpu"):
     """A torch generator on ``device`` seeded with ``seed`` (64-bit)."""
-    import torch
-
     g = torch.Generator(device=device)
     # torch.manual_seed accepts [-2**63, 2**64); keep it in the unsigned range.
     g.manual_seed(int(seed) & (2**64 - 1))

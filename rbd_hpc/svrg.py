@@ -18,24 +18,17 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from .data import Split, to_tensor
-from .errors import UserError
 from .models import FlatParameters
+from .partition import share
 
 # samples per forward/backward in the anchor pass: 128 takes 0.36–0.67 ms a sample on one CNN
 # thread here, 1000 took 0.64–0.76 (its 86 MB activations are fresh mmaps, page-faulted each
 # batch); python docs/pass_batch.py times both
 _PASS_BATCH = 128
-
-
-def require_every(value: int) -> None:
-    """The one check of ``--svrg-every`` (train and bench): a number of steps, 0 for off."""
-    if value < 0:
-        raise UserError(f"--svrg-every {value} must be a number of steps ≥ 1 (0: off)")
 
 
 def anchor_step(step: int, every: int) -> int:
@@ -86,17 +79,11 @@ class Anchor:
         return grad - self.flat.gradient() + self.mu
 
 
-def share_of(n: int, rank: int, size: int, per_rank_data: bool) -> tuple[tuple[int, int], float]:
-    """(sample range, scale) of a rank's anchor pass: its contiguous share of the training set
-    when ranks see different data (the ranks' mean of μ̃_r is then the full gradient), the whole
-    set otherwise."""
+def anchor_share(n: int, rank: int, size: int, per_rank_data: bool) -> tuple[tuple[int, int], float]:
+    """(sample range, scale) of a rank's anchor pass: its share of the training set when ranks
+    see different data (the ranks' mean of μ̃_r is then the full gradient), the whole set
+    otherwise."""
     if not per_rank_data:
         return (0, n), 1.0 / n
-    return (n * rank // size, n * (rank + 1) // size), size / n
-
-
-def anchor_theta(run, step: int) -> np.ndarray:
-    """θ at ``step`` of a committed run, replayed from its file (resume rebuilds θ̃ so)."""
-    from .replay import replay_to
-
-    return replay_to(run, step)
+    mine = share(n, rank, size)
+    return (mine.start, mine.stop), size / n

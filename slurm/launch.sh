@@ -49,9 +49,11 @@ else
 fi
 echo "rbd-hpc: ${LAUNCH[*]} ${CMD[*]}"
 
-# Preemption: Slurm signals this shell (--signal=B:USR1@T); pass it to every rank, which
-# finishes its step, commits the run file and exits with code 3; then we requeue ourselves.
-forward() { [ -n "${PID:-}" ] && kill -USR1 "$PID" 2>/dev/null; }
+# Preemption (the one protocol of docs/design.md, "Preemption"): Slurm signals this shell
+# (--signal=B:USR1@T); pass it to every rank, which finishes its step, commits the run file
+# and exits with code 3; then we requeue ourselves. Once a signal was forwarded, any failing
+# exit of the launcher (srun may report its own code) also counts as preempted.
+forward() { RBD_PREEMPTED=1; [ -n "${PID:-}" ] && kill -USR1 "$PID" 2>/dev/null; }
 trap forward USR1 TERM
 "${LAUNCH[@]}" "${CMD[@]}" &
 PID=$!

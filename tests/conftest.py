@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rbd_hpc.runlog import RunFile
+
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -78,6 +80,23 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
     e.update(env or {})
     return subprocess.run([venv_bin("rbd-hpc"), *map(str, args)], capture_output=True, text=True,
                           env=e, timeout=timeout, cwd=cwd)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user error: exit code 2 and one line ``rbd-hpc: error: …`` holding every fragment."""
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("rbd-hpc: error: ")
+    assert "Traceback" not in proc.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def final_theta(path: Path) -> np.ndarray:
+    """θ of a run file's last committed snapshot (checksum verified)."""
+    with RunFile(path) as run:
+        return run.snapshot(run.n_snapshots - 1)[1]
 
 
 def needs_fmnist():

@@ -6,11 +6,11 @@ import time
 
 import torch
 
-from rbd_hpc.comm import MPIComm, install_abort_handler
+from rbd_hpc.comm import MPIComm, check_divergence, install_abort_handler
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
 from rbd_hpc.runlog import RunFile
-from rbd_hpc.train import check_divergence, train
+from rbd_hpc.train import train
 
 
 def crash():
@@ -28,11 +28,11 @@ def diverge():
     """The divergence check names the rank whose θ differs."""
     comm = MPIComm()
     theta = torch.arange(10, dtype=torch.float32)
-    check_divergence(theta, comm, 1)  # identical: passes
+    check_divergence(comm, theta, 1)  # identical: passes
     if comm.rank == comm.size - 1:
         theta[3] = torch.nextafter(theta[3], torch.tensor(100.0))  # one ulp
     try:
-        check_divergence(theta, comm, 2)
+        check_divergence(comm, theta, 2)
     except UserError as e:
         if comm.rank == 0:
             print("caught:", e, flush=True)

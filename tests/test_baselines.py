@@ -26,10 +26,20 @@ def test_nes_descends_a_quadratic_and_is_antithetic():
     theta = torch.zeros(D)
     start = (theta - target).norm().item()
     for step in range(150):
-        res = nes.step(theta, None, step, 2.0, loss_at=lambda: float(0.5 * (theta - target).pow(2).sum()))
-        c = res.coefficients
-        # each antithetic pair gets opposite-signed fitness shaping on a quadratic
+        before = theta.clone()
+        offspring = []
+
+        def loss_at():
+            offspring.append(theta - before)  # the perturbation being scored
+            return float(0.5 * (theta - target).pow(2).sum())
+        c = nes.step(theta, None, step, 2.0, loss_at=loss_at).coefficients
         assert c.shape == (40,)
+        # offspring 2p and 2p+1 are θ ± σ φ_p: the same direction with opposite signs
+        phi = nes.basis.matrix(step, 0, D, range(40))
+        assert torch.equal(phi[1::2], -phi[0::2])
+        perturbations = torch.stack(offspring)
+        assert torch.allclose(perturbations, 0.05 * phi, atol=1e-6)
+        assert torch.allclose(perturbations[1::2], -perturbations[0::2], atol=1e-6)
     assert (theta - target).norm().item() < 0.9 * start
 
 

@@ -5,17 +5,7 @@ import os
 import h5py
 import pytest
 
-from conftest import make_idx_dir, run_cli
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("rbd-hpc: error: ")
-    assert "Traceback" not in proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
+from conftest import assert_user_error, make_idx_dir, run_cli
 
 
 @pytest.mark.parametrize("args,fragments", [

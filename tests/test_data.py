@@ -6,6 +6,7 @@ import pytest
 from conftest import make_idx_dir, write_idx
 from rbd_hpc import data
 from rbd_hpc.errors import UserError
+from rbd_hpc.partition import share
 
 
 def test_idx_round_trip_gz_and_raw(tmp_path):
@@ -80,13 +81,17 @@ def test_default_location_and_env(monkeypatch, tmp_path):
         data.resolve_data_dir("cifar10", None)
 
 
-def test_epoch_order_keyed_and_shards_partition():
+def test_epoch_order_keyed_and_shares_partition():
     a = data.epoch_order(3, 0, 100)
     assert np.array_equal(a, data.epoch_order(3, 0, 100))
     assert not np.array_equal(a, data.epoch_order(3, 1, 100))
     batch = a[:32]
-    parts = [data.shard(batch, r, 4) for r in range(4)]
+    parts = [batch[share(32, r, 4).start:share(32, r, 4).stop] for r in range(4)]
     assert np.array_equal(np.concatenate(parts), batch)
+    assert [len(p) for p in parts] == [8, 8, 8, 8]
+    # uneven counts: shares differ by at most one and still cover [0, n) in rank order
+    assert [(r.start, r.stop) for r in (share(10, k, 4) for k in range(4))] == [
+        (0, 2), (2, 5), (5, 7), (7, 10)]
 
 
 def test_batches_do_not_depend_on_rank_count(tmp_path):

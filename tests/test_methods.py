@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from rbd_hpc.bases import Basis, BasisConfig
-from rbd_hpc.comm import SingleProcess
+from rbd_hpc.bases import Basis, BasisConfig, smooth_image_layers
+from rbd_hpc.comm import SingleProcess, run_threaded
 from rbd_hpc.compartments import build_compartments
-from rbd_hpc.methods import SGD, FixedProjectionDescent, RandomBasesDescent
-from rbd_hpc.methods.reference import reference_rbd_step
+from rbd_hpc.methods import NES, SGD, FixedProjectionDescent, RandomBasesDescent
+from rbd_hpc.methods.reference import direction_matrix, explicit_hadamard, reference_rbd_step
 
 SIZES = [("a.weight", 600), ("a.bias", 20), ("b.weight", 300), ("b.bias", 3)]
 D = sum(n for _, n in SIZES)
@@ -14,6 +14,14 @@ D = sum(n for _, n in SIZES)
 
 def quadratic_grad(theta, target):
     return theta - target  # gradient of ½‖θ − target‖²
+
+
+def replayed(method, theta0, logs, lr):
+    """θ0 with logged coefficients applied, step after step, by ``method.replay_step``."""
+    theta = theta0.clone()
+    for step, c in enumerate(logs):
+        method.replay_step(theta, step, lr, c)
+    return theta
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "rademacher", "uniform", "srht"])
@@ -59,10 +67,7 @@ def test_replay_step_is_bitwise_the_training_step():
     logs = []
     for step in range(10):
         logs.append(m.step(theta, torch.sin(theta * (step + 1)), step, 0.3).coefficients)
-    replayed = theta0.clone()
-    for step, c in enumerate(logs):
-        m.replay_step(replayed, step, 0.3, c)
-    assert torch.equal(replayed, theta)
+    assert torch.equal(replayed(m, theta0, logs, 0.3), theta)
 
 
 def test_fpd_uses_the_same_directions_every_step_and_rbd_does_not():
@@ -202,3 +207,135 @@ def test_keep_in_memory_is_bitwise_the_same(cls, redraw):
             m.step(theta, torch.cos(theta * 3), step, 0.2)
         thetas.append(theta)
     assert torch.equal(thetas[0], thetas[1])
+
+
+# -- the fast path against the independent reference (explicit matrices) -------------------
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("size", [8, 300, 777, 1024])
+def test_srht_directions_equal_the_explicit_hadamard_rows(size, antithetic):
+    basis = Basis(BasisConfig("srht", antithetic=antithetic), 11)
+    explicit = direction_matrix(basis, 3, 2, size, 12)
+    chunk, = basis.chunks(3, 2, size, range(12), 12)
+    g = torch.randn(size, dtype=torch.float64)
+    c = torch.randn(12, dtype=torch.float64)
+    assert torch.allclose(chunk.project(g.float()).double(), explicit @ g, atol=1e-5)
+    assert torch.allclose(chunk.combine(c.float()).double(), explicit.T @ c, atol=1e-5)
+    # the Hadamard matrix itself: orthogonal rows of ±1, and the first row all ones
+    H = explicit_hadamard(size if size & (size - 1) == 0 else 256)
+    assert torch.equal(H @ H.T, H.shape[0] * torch.eye(H.shape[0], dtype=torch.float64))
+    assert torch.equal(H[0], torch.ones(H.shape[0], dtype=torch.float64))
+
+
+def smooth_setup():
+    """An fc-shaped layout on 4×4 images: fc1 (8 × 16 + 8) is the image layer."""
+    shapes = [("fc1.weight", (8, 16)), ("fc1.bias", (8,)), ("fc2.weight", (3, 8)), ("fc2.bias", (3,))]
+    sizes = [(n, int(torch.tensor(s).prod())) for n, s in shapes]
+    comps = build_compartments(sizes, "layer", d_total=12, allocate="equal")
+    image = smooth_image_layers("smooth:1", comps, shapes, 1, "test")
+    basis = Basis(BasisConfig("smooth:1"), 7, image_layers=image)
+    return comps, basis
+
+
+def test_smooth_directions_equal_explicit_outer_products():
+    comps, basis = smooth_setup()
+    fc1 = comps[0]
+    chunk, = basis.chunks(2, fc1.index, fc1.size, range(6), 6)
+    explicit = torch.stack([torch.cat([torch.outer(chunk.u[j], chunk.a[j])[:, :16].reshape(-1),
+                                       torch.outer(chunk.u[j], chunk.a[j])[:, 16]])
+                            for j in range(6)]).double()
+    assert torch.allclose(direction_matrix(basis, 2, fc1.index, fc1.size, 6), explicit)
+    g = torch.randn(fc1.size)
+    assert torch.allclose(chunk.project(g).double(), explicit @ g.double(), atol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.7])
+def test_smooth_rbd_matches_the_reference(momentum):
+    comps, basis = smooth_setup()
+    dim = comps[-1].stop
+    fast = RandomBasesDescent(comps, basis, SingleProcess(), chunk_size=4, momentum=momentum)
+    theta = torch.linspace(-1, 1, dim)
+    ref, v = theta.double().clone(), torch.zeros(dim, dtype=torch.float64)
+    for step in range(6):
+        fast.step(theta, torch.sin(3 * theta + step), step, 0.3)
+        ref, _ = reference_rbd_step(ref, torch.sin(3 * ref + step), basis, comps, step, 0.3,
+                                    fast.directions_per_compartment, v, momentum)
+    assert torch.allclose(theta.double(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "srht"])
+@pytest.mark.parametrize("momentum", [0.0, 0.8])
+def test_per_rank_mode_on_three_ranks_matches_the_reference(dist, momentum):
+    """Rank r projects onto its own directions [r·d_k, (r+1)·d_k); the gathered 3·d
+    coefficients, applied on every rank, equal the reference step over all 3·d directions."""
+    comps = build_compartments(SIZES, "layer", d_total=12)
+    basis = Basis(BasisConfig(dist), 13)
+    target = torch.linspace(2, -2, D)
+
+    def on_rank(comm):  # every rank its own Basis, as in its own process (scratch buffers)
+        m = RandomBasesDescent(comps, Basis(BasisConfig(dist), 13), comm, mode="per-rank",
+                               chunk_size=3, momentum=momentum)
+        theta = torch.zeros(D)
+        logs = [m.step(theta, quadratic_grad(theta, target), step, 0.2).coefficients
+                for step in range(5)]
+        return theta, logs, m.directions_per_compartment
+    results = run_threaded(3, on_rank)
+    theta, logs, per_comp = results[0]
+    assert per_comp == [3 * c.d for c in comps]
+    for other, other_logs, _ in results[1:]:  # identical θ on every rank (invariant 4)
+        assert torch.equal(other, theta)
+        assert all(torch.equal(a, b) for a, b in zip(logs, other_logs))
+    ref, v = torch.zeros(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
+    for step in range(5):
+        ref, c_ref = reference_rbd_step(ref, quadratic_grad(ref, target.double()), basis, comps,
+                                        step, 0.2, per_comp, v, momentum)
+        assert torch.allclose(logs[step].double(), c_ref, atol=1e-5)
+    assert torch.allclose(theta.double(), ref, atol=1e-5)
+    # a per-rank run replays in one process from the logged coefficients, bitwise
+    single = RandomBasesDescent(comps, basis, SingleProcess(), mode="per-rank", chunk_size=3,
+                                world_size=3, momentum=momentum)
+    assert torch.equal(replayed(single, torch.zeros(D), logs, 0.2), theta)
+
+
+def test_shared_mode_on_two_ranks_averages_the_coefficients():
+    """Each rank projects its own gradient; the step is the reference step of the mean."""
+    comps = build_compartments(SIZES, "network", d_total=10)
+    basis = Basis(BasisConfig("rademacher"), 2)
+    grads = [torch.linspace(-1, 1, D), torch.cos(torch.arange(D, dtype=torch.float32))]
+
+    def on_rank(comm):
+        m = RandomBasesDescent(comps, Basis(BasisConfig("rademacher"), 2), comm, chunk_size=4)
+        theta = torch.zeros(D)
+        c = m.step(theta, grads[comm.rank], 0, 0.5).coefficients
+        return theta, c, comm.traffic.bytes
+    (t0, c0, bytes0), (t1, c1, _) = run_threaded(2, on_rank)
+    assert torch.equal(t0, t1) and torch.equal(c0, c1)
+    assert bytes0 == {"setup": 4 * 10}  # d floats per step, nothing else
+    ref, c_ref = reference_rbd_step(torch.zeros(D), (grads[0] + grads[1]).double() / 2, basis,
+                                    comps, 0, 0.5, [10])
+    assert torch.allclose(c0.double(), c_ref, atol=1e-5)
+    assert torch.allclose(t0.double(), ref, atol=1e-6)
+
+
+def test_nes_sharded_over_three_ranks_equals_one_process():
+    """Three ranks score a third of the offspring each; the gathered losses, their ranks and
+    so the step are bitwise those of one process scoring all of them."""
+    comps = build_compartments([("w", 200)], "network", d_total=12)
+    target = torch.linspace(-1, 1, 200)
+
+    def run(comm):
+        nes = NES(comps, Basis(BasisConfig("gaussian", antithetic=True), 4), comm, sigma=0.1)
+        theta = torch.zeros(200)
+        scored = []
+
+        def loss_at():
+            scored.append(1)
+            return float(0.5 * (theta - target).pow(2).sum())
+        cs = [nes.step(theta, None, step, 0.5, loss_at=loss_at).coefficients for step in range(4)]
+        return theta, cs, len(scored)
+    theta1, cs1, n1 = run(SingleProcess())
+    results = run_threaded(3, run)
+    assert n1 == 4 * 12 and [n for *_, n in results] == [4 * 4] * 3
+    for theta, cs, _ in results:
+        assert torch.equal(theta, theta1)
+        assert all(torch.equal(a, b) for a, b in zip(cs, cs1))

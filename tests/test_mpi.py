@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, venv_bin
+from conftest import final_theta, run_cli, venv_bin
 
 pytestmark = pytest.mark.timeout(300)
 DRIVER = Path(__file__).with_name("mpi_driver.py")
@@ -32,11 +32,6 @@ def train_mpi(n: int, out: Path, idx_dir, *extra) -> dict:
                    "--metrics", metrics, *extra)
     assert proc.returncode == 0, proc.stderr
     return json.loads(metrics.read_text().splitlines()[-1])
-
-
-def final_theta(path: Path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f["snapshots/theta"][int(f["commit"][1]) - 1]
 
 
 def coefficients(path: Path) -> np.ndarray:

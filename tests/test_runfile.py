@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, venv_bin, wait_for_commits
+from conftest import assert_user_error, final_theta, run_cli, venv_bin, wait_for_commits
 from rbd_hpc.runlog import RunFile, RunWriter, crc32, run_attrs
 
 pytestmark = pytest.mark.timeout(600)
@@ -24,11 +24,6 @@ def train(idx_dir, out, *extra, check=True):
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
-
-
-def final_theta(path) -> np.ndarray:
-    with RunFile(path) as run:
-        return run.snapshot(run.n_snapshots - 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -170,19 +165,12 @@ def test_a_changed_theta0_value_is_caught(rbd_run, tmp_path):
     assert proc.returncode == 1 and "step 0: MISMATCH" in proc.stdout
 
 
-def one_line_error(proc, fragment):
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 def test_bad_run_files(rbd_run, tmp_path):
     text = tmp_path / "notes.h5"
     text.write_text("not hdf5")
     for cmd in ("replay", "inspect"):
-        one_line_error(run_cli(cmd, text), "is not an HDF5 file")
-    one_line_error(run_cli("inspect", tmp_path / "absent.h5"), "does not exist")
+        assert_user_error(run_cli(cmd, text), "is not an HDF5 file")
+    assert_user_error(run_cli("inspect", tmp_path / "absent.h5"), "does not exist")
     truncated = tmp_path / "trunc.h5"
     truncated.write_bytes(rbd_run.read_bytes()[: rbd_run.stat().st_size // 3])
     proc = run_cli("replay", truncated, "--verify")
@@ -191,20 +179,20 @@ def test_bad_run_files(rbd_run, tmp_path):
     newer = copy(rbd_run, tmp_path / "newer.h5")
     with h5py.File(newer, "r+") as f:
         f.attrs["format_version"] = 99
-    one_line_error(run_cli("inspect", newer), "format version 99")
-    one_line_error(run_cli("replay", rbd_run, "--step", "46"), "beyond the last committed step (45)")
+    assert_user_error(run_cli("inspect", newer), "format version 99")
+    assert_user_error(run_cli("replay", rbd_run, "--step", "46"), "beyond the last committed step (45)")
 
 
 def test_sgd_runs_are_not_replayable_but_resumable(idx_dir, tmp_path):
     out = tmp_path / "sgd.h5"
     train(idx_dir, out, "--method", "sgd", "--steps", "10")
-    one_line_error(run_cli("replay", out), "cannot be replayed")
+    assert_user_error(run_cli("replay", out), "cannot be replayed")
 
 
 def test_resume_with_a_different_config_is_refused(rbd_run, tmp_path):
     run = copy(rbd_run, tmp_path / "r.h5")
     proc = run_cli("train", "--resume", run, "--d", "30", "--lr", "0.1", "--no-progress")
-    one_line_error(proc, "config differs from the run file in d, lr")
+    assert_user_error(proc, "config differs from the run file in d, lr")
 
 
 def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli, venv_bin, wait_for_commits
+from conftest import ROOT, final_theta, run_cli, venv_bin, wait_for_commits
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.launch import Cluster, sbatch_text, submit
 from rbd_hpc.runlog import RunFile
@@ -92,11 +92,6 @@ def reference_run(idx_dir, ref: Path, args: str) -> Path:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return ref
-
-
-def final_theta(path: Path) -> np.ndarray:
-    with RunFile(path) as run:
-        return run.snapshot(run.n_snapshots - 1)[1]
 
 
 @pytest.mark.parametrize("launcher", ["auto", "mpiexec"])

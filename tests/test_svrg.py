@@ -10,19 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, synthetic_images, venv_bin
+from conftest import assert_user_error, final_theta, run_cli, synthetic_images, venv_bin
 from rbd_hpc.comm import SingleProcess
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.data import Split, to_tensor
 from rbd_hpc.models import FlatParameters, build_model
 from rbd_hpc.runlog import RunFile
-from rbd_hpc.svrg import Anchor, anchor_step, share_of
+from rbd_hpc.svrg import Anchor, anchor_share, anchor_step
 from rbd_hpc.train import train as train_in_process
-from test_cli import assert_user_error
 from test_mpi import DRIVER, coefficients, mpiexec, train_mpi
-from test_mpi import final_theta as final_theta_mpi
 from test_runfile import copy as copy_file
-from test_runfile import final_theta, train
+from test_runfile import train
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -98,12 +96,12 @@ def test_an_interrupted_pass_leaves_no_anchor_and_a_later_one_is_whole(fc):
 
 
 def test_rank_shares_partition_the_set_and_average_to_the_mean():
-    assert [share_of(10, r, 3, True) for r in range(3)] == [((0, 3), 0.3), ((3, 6), 0.3),
+    assert [anchor_share(10, r, 3, True) for r in range(3)] == [((0, 3), 0.3), ((3, 6), 0.3),
                                                            ((6, 10), 0.3)]
-    assert share_of(10, 1, 3, False) == ((0, 10), 0.1)  # per-rank mode: the whole set
+    assert anchor_share(10, 1, 3, False) == ((0, 10), 0.1)  # per-rank mode: the whole set
     values = np.arange(10.0) ** 2
     means = [scale * values[lo:hi].sum() for (lo, hi), scale in
-             (share_of(10, r, 3, True) for r in range(3))]
+             (anchor_share(10, r, 3, True) for r in range(3))]
     assert np.mean(means) == pytest.approx(values.mean(), rel=1e-12)
     assert [anchor_step(s, 10) for s in (0, 9, 10, 23)] == [0, 0, 10, 20]
 
@@ -171,10 +169,10 @@ def test_svrg_over_two_ranks_matches_one(idx_dir, tmp_path):
     assert last["bytes_per_step"] == 4 * 20  # still d floats per step
     # each rank's μ̃ covers half the set, scaled so that their mean is the full gradient
     np.testing.assert_allclose(coefficients(two), coefficients(one), rtol=2e-3, atol=2e-5)
-    np.testing.assert_allclose(final_theta_mpi(two), final_theta_mpi(one), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(final_theta(two), final_theta(one), rtol=0, atol=1e-5)
     per_rank = tmp_path / "pr.h5"
     train_mpi(2, per_rank, idx_dir, *args, "--mode", "per-rank", "--d", "10", "--check-every", "1")
-    np.testing.assert_allclose(final_theta_mpi(per_rank), final_theta_mpi(one), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(final_theta(per_rank), final_theta(one), rtol=0, atol=1e-5)
 
 
 def test_a_stop_one_rank_sees_in_its_anchor_pass_stops_every_rank_there(idx_dir, tmp_path):
@@ -187,7 +185,7 @@ def test_a_stop_one_rank_sees_in_its_anchor_pass_stops_every_rank_there(idx_dir,
         assert run.committed == 10 and list(run.snapshot_steps()) == [0, 10]
     proc = mpiexec(2, venv_bin("rbd-hpc"), "train", "--resume", out, "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    assert np.array_equal(final_theta_mpi(out), final_theta_mpi(ref))
+    assert np.array_equal(final_theta(out), final_theta(ref))
 
 
 @pytest.mark.parametrize("args,fragments", [

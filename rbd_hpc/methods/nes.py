@@ -13,7 +13,9 @@ from typing import Callable
 
 import torch
 
-from .rbd import RandomBasesDescent, StepResult
+from ..partition import share
+from .base import StepResult
+from .rbd import RandomBasesDescent
 
 
 def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
@@ -25,14 +27,18 @@ def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
     return ranks / max(n - 1, 1) - 0.5
 
 
-def share(n: int, rank: int, ranks: int) -> range:
+def pair_share(n: int, rank: int, ranks: int) -> range:
     """Rank ``rank``'s share of n directions: whole antithetic pairs, contiguous."""
-    pairs = n // 2
-    return range(2 * (pairs * rank // ranks), 2 * (pairs * (rank + 1) // ranks))
+    pairs = share(n // 2, rank, ranks)
+    return range(2 * pairs.start, 2 * pairs.stop)
 
 
 class NES(RandomBasesDescent):
+    """Always direction-parallel: every rank scores its share of the offspring on the whole
+    batch (the modes of RBD do not apply)."""
+
     name = "nes"
+    direction_parallel = True
 
     def __init__(self, *args, sigma: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,7 +54,7 @@ class NES(RandomBasesDescent):
             raise ValueError("NES needs a loss closure")
         own_losses = []
         for comp, n in zip(self.compartments, self.directions_per_compartment):
-            mine = share(n, self.comm.rank, self.comm.size)
+            mine = pair_share(n, self.comm.rank, self.comm.size)
             span = slice(comp.start, comp.stop)
             saved = theta[span].clone()
             for chunk in self.basis.chunks(self.key_step(step), comp.index, comp.size, mine,
@@ -64,7 +70,7 @@ class NES(RandomBasesDescent):
     def _gather(self, own: torch.Tensor) -> torch.Tensor:
         """All offspring losses in direction-index order (shares differ by at most a pair)."""
         R = self.comm.size
-        sizes = [sum(len(share(n, r, R)) for n in self.directions_per_compartment)
+        sizes = [sum(len(pair_share(n, r, R)) for n in self.directions_per_compartment)
                  for r in range(R)]
         padded = torch.zeros(max(sizes), dtype=torch.float32)
         padded[:own.numel()] = own
@@ -74,7 +80,7 @@ class NES(RandomBasesDescent):
         cursors = [0] * R
         for n in self.directions_per_compartment:
             for r in range(R):
-                k = len(share(n, r, R))
+                k = len(pair_share(n, r, R))
                 parts.append(table[r, cursors[r]:cursors[r] + k])
                 cursors[r] += k
         return torch.cat(parts)

@@ -4,20 +4,16 @@ Pure torch: no files, no mpi4py. The communicator is passed in.
 """
 from __future__ import annotations
 
-import dataclasses
+from typing import Callable
 
 import torch
 
 from ..bases import Basis
 from ..compartments import Compartment
+from .base import StepResult
 from .update import Velocity, apply_step, step_chunks
 
 MODES = ("shared", "per-rank")
-
-
-@dataclasses.dataclass
-class StepResult:
-    coefficients: torch.Tensor  # float32, the values applied (after the allreduce)
 
 
 class RandomBasesDescent(Velocity):
@@ -28,7 +24,7 @@ class RandomBasesDescent(Velocity):
     rebuilds v from them (the velocity is D floats of memory, saved in snapshots).
     With ``weight_decay`` λ > 0, θ ← (1 − ηλ) θ before each step (decoupled weight decay).
 
-    Modes (DESIGN.md "Two parallel modes"):
+    Modes (docs/design.md, "Two parallel modes"):
       shared   — every rank uses the same d directions on its own data shard; the
                  coordinates are averaged across ranks (d floats per step).
       per-rank — rank r owns direction indices [r·d_k, (r+1)·d_k) of compartment k;
@@ -36,7 +32,7 @@ class RandomBasesDescent(Velocity):
     """
 
     name = "rbd"
-    replayable = True
+    logs_coefficients = True
 
     def __init__(self, compartments: list[Compartment], basis: Basis, comm,
                  mode: str = "shared", chunk_size: int = 50, redraw_every: int = 1,
@@ -62,6 +58,10 @@ class RandomBasesDescent(Velocity):
         self.keep_in_memory = keep_in_memory
         self._kept: tuple[int, list] | None = None
 
+    @property
+    def direction_parallel(self) -> bool:
+        return self.mode == "per-rank"
+
     def key_step(self, step: int) -> int:
         return step // self.redraw_every
 
@@ -76,7 +76,8 @@ class RandomBasesDescent(Velocity):
                                                 reuse=False)))
         return self._kept[1]
 
-    def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float) -> StepResult:
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
+             loss_at: Callable[[], float] | None = None) -> StepResult:
         if self.mode == "shared":
             def coefficients_for(span, chunk):
                 # the only per-step traffic: this chunk's coordinates, averaged over ranks

@@ -11,12 +11,13 @@ data-parallel: the dense gradient is averaged, so every rank grows the same conn
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..seeds import Stream, derive_seed, numpy_rng
-from .rbd import StepResult
+from .base import StepResult
 from .update import Velocity, decay_
 
 SPARSE_METHODS = ("rigl", "set", "static")
@@ -39,8 +40,6 @@ def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
 
 
 class SparseTraining(Velocity):
-    replayable = False
-    n_coefficients = 0
 
     def __init__(self, kind: str, layers: list[tuple[str, int, int, tuple]], comm, seed: int,
                  sparsity: float, distribution: str, total_steps: int, momentum: float = 0.0,
@@ -75,7 +74,8 @@ class SparseTraining(Velocity):
     def drop_fraction_at(self, step: int) -> float:
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / max(self.t_end, 1)))
 
-    def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float) -> StepResult:
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
+             loss_at: Callable[[], float] | None = None) -> StepResult:
         g = self.comm.allreduce_mean(grad)  # data-parallel, like SGD
         if (self.kind != "static" and step > 0 and step % self.update_every == 0
                 and step < self.t_end):

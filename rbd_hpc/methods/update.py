@@ -1,10 +1,11 @@
-"""The one update function (DESIGN.md invariant 2).
+"""The one update function (docs/design.md, invariant 2).
 
 Training, resume and replay all apply a step through ``apply_step``: the same chunks,
 in the same order, with the same arithmetic. Bitwise replay follows from that.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -12,24 +13,35 @@ import torch
 
 from ..bases import Basis
 from ..compartments import Compartment
+from .base import Method
 
 
-def groups(compartments: list[Compartment], directions: list[int], batched: bool) -> list:
-    """Runs of compartments that one chunk may cover: (first, count, size, n, start, stop).
+@dataclasses.dataclass
+class Group:
+    """A run of ``count`` adjacent compartments, from compartment ``first``, that one chunk may
+    cover: each of ``size`` parameters with ``n`` directions, together θ[start:stop]."""
 
-    With ``batched`` (structured bases), adjacent compartments of equal size and direction
-    count form one group, transformed together; otherwise every compartment is its own.
-    """
-    out: list[list] = []
+    first: int
+    count: int
+    size: int
+    n: int
+    start: int
+    stop: int
+
+
+def groups(compartments: list[Compartment], directions: list[int], batched: bool) -> list[Group]:
+    """With ``batched`` (structured bases), adjacent compartments of equal size and direction
+    count form one group, transformed together; otherwise every compartment is its own."""
+    out: list[Group] = []
     for comp, n in zip(compartments, directions):
         last = out[-1] if out else None
-        if (batched and last is not None and last[2] == comp.size and last[3] == n
-                and last[5] == comp.start):
-            last[1] += 1
-            last[5] = comp.stop
+        if (batched and last is not None and last.size == comp.size and last.n == n
+                and last.stop == comp.start):
+            last.count += 1
+            last.stop = comp.stop
         else:
-            out.append([comp.index, 1, comp.size, n, comp.start, comp.stop])
-    return [tuple(g) for g in out]
+            out.append(Group(comp.index, 1, comp.size, n, comp.start, comp.stop))
+    return out
 
 
 def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
@@ -42,10 +54,9 @@ def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
     share scratch buffers: consume them one at a time, or pass reuse=False to list them.
     """
     batched = basis.config.structured
-    for first, count, size, n, start, stop in groups(compartments, directions_per_compartment,
-                                                     batched):
-        for chunk in basis.chunks(key_step, first, size, range(n), chunk_size, count, reuse):
-            yield slice(start, stop), chunk
+    for g in groups(compartments, directions_per_compartment, batched):
+        for chunk in basis.chunks(key_step, g.first, g.size, range(g.n), chunk_size, g.count, reuse):
+            yield slice(g.start, g.stop), chunk
 
 
 def decay_(theta: torch.Tensor, lr: float, weight_decay: float) -> None:
@@ -93,11 +104,10 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     return torch.cat(applied)
 
 
-class Velocity:
-    """Heavy-ball momentum state: D floats kept between steps and stored in snapshots.
+class Velocity(Method):
+    """A method with heavy-ball momentum: D floats kept between steps and stored in snapshots.
 
-    Mixed into methods with a ``momentum`` attribute; ``velocity`` is None until the first
-    step (a zero buffer).
+    ``velocity`` is None until the first step (a zero buffer).
     """
 
     momentum: float = 0.0
@@ -109,7 +119,6 @@ class Velocity:
         return self.velocity
 
     def reset_state(self) -> None:
-        """Back to the state before step 0 (replay from θ0)."""
         self.velocity = None
 
     def state_size(self, dim: int) -> int:

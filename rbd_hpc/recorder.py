@@ -1,0 +1,182 @@
+"""What a run leaves behind: the run file's rows, snapshots and metrics, the JSON-lines metrics
+file, the progress bar, and when to commit. Files are written by rank 0 only (docs/design.md,
+invariant 4); every rank keeps the epoch statistics, so every rank returns the same summary.
+
+Commit policy: buffered rows are committed at least every COMMIT_SECONDS, at every snapshot
+(every --snapshot-every steps, the last step, a stop) and at every epoch end, so a kill
+loses under half a second of steps and never a snapshot or an epoch's metrics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .methods import StepResult
+from .models import buffers_vector
+from .runlog import METRIC_COLUMNS, RunFile, RunWriter, run_attrs
+
+COMMIT_SECONDS = 0.5  # commit buffered rows at least this often: a kill loses < 0.5 s of work
+
+
+@dataclasses.dataclass
+class StepStats:
+    """What one training step reports: the row it logs and the statistics of its epoch."""
+
+    lr: float
+    loss: float
+    cos_grad: float   # cosine between the applied step and the gradient
+    ms: float
+    result: StepResult
+
+
+class Progress:
+    """A progress bar on stderr for rank 0: redrawn in place on a terminal, every 10% otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled
+        self.tty = sys.stderr.isatty()
+        self.last_decile = -1
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled or self.total == 0:
+            return
+        frac = done / self.total
+        if self.tty:
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r[{bar:<30}] {done}/{self.total} steps  loss {loss:.4f}")
+            if done == self.total:
+                sys.stderr.write("\n")
+        elif int(frac * 10) > self.last_decile:
+            self.last_decile = int(frac * 10)
+            sys.stderr.write(f"{int(frac * 100):3d}% {done}/{self.total} steps  loss {loss:.4f}\n")
+        sys.stderr.flush()
+
+
+def layouts(flat, model, compartments) -> tuple[dict, dict]:
+    """The parameter layout (names, shapes, offsets, compartments) and the buffer layout."""
+    param_layout = {
+        "names": flat.names, "shapes": [list(s) for s in flat.shapes], "offsets": flat.offsets,
+        "compartments": [dataclasses.asdict(c) for c in compartments],
+    }
+    buffer_layout = {"names": [n for n, _ in model.named_buffers()],
+                     "shapes": [list(b.shape) for _, b in model.named_buffers()]}
+    return param_layout, buffer_layout
+
+
+def open_metrics(path: str, resume_at: int | None):
+    """The JSON-lines metrics file, for appending. A resume keeps the epochs completed by step
+    ``resume_at`` and drops later ones (the resumed run writes them again) and a line torn by a
+    kill; a new run starts it empty."""
+    if resume_at is None:
+        return open(path, "w")
+    kept = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= resume_at:
+                        kept.append(line.rstrip("\n") + "\n")
+                except (ValueError, KeyError, TypeError):
+                    pass  # torn by a kill
+    except FileNotFoundError:
+        pass
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return open(path, "a")
+
+
+class Recorder:
+    """The run's record from step ``start`` on. ``out`` and ``metrics_path`` are None on every
+    rank but 0; ``epoch_losses`` are the losses already logged in the epoch ``start`` is in."""
+
+    def __init__(self, run, start: int, out: str | None, metrics_path: str | None,
+                 resume: bool, epoch_losses: list[float], progress: bool):
+        self.run = run
+        self.epoch_losses, self.epoch_ms, self.epoch_cos = list(epoch_losses), [], []
+        self.start = start
+        self.step_bytes0 = run.comm.traffic.bytes.get("step", 0)
+        self.last_commit = time.monotonic()
+        self.record: dict = {}
+        self.writer = self._open_writer(out, resume) if out else None
+        self.metrics = open_metrics(metrics_path, start if resume else None) if metrics_path else None
+        self.bar = Progress(run.total - start, progress)
+
+    def _open_writer(self, out: str, resume: bool) -> RunWriter:
+        run = self.run
+        param_layout, buffer_layout = layouts(run.flat, run.model, run.compartments)
+        attrs = run_attrs(run.cfg.to_json(), run.cfg.seed, run.comm.size, run.cfg.mode,
+                          run.cfg.method, run.device.type, param_layout, buffer_layout,
+                          run.method.n_coefficients, run.method.logs_coefficients)
+        existing = RunFile(out) if resume else None
+        theta0 = existing.theta0() if existing else run.theta0
+        try:
+            writer = RunWriter(out, attrs, theta0, run.method.n_coefficients,
+                               buffers_vector(run.model).size, run.state_size, existing=existing,
+                               resume_at=self.start if resume else None)
+        finally:
+            if existing is not None:
+                existing.close()
+        if writer.committed_snapshots == 0:  # θ0 is snapshot 0 (step count 0)
+            writer.commit(snapshot=(0, theta0, buffers_vector(run.model),
+                                    np.zeros(run.state_size)))
+        return writer
+
+    def snapshot(self, at: int) -> tuple:
+        """What a snapshot after ``at`` steps holds: θ, the buffers, the method state."""
+        run = self.run
+        return (at, run.flat.theta.detach().cpu().numpy(), buffers_vector(run.model),
+                run.method.state_vector(run.flat.dim))
+
+    def commit_snapshot(self, at: int) -> None:
+        """Commit θ as it stands after ``at`` steps (a stop before step ``at`` was taken)."""
+        if self.writer is not None:
+            self.writer.commit(snapshot=self.snapshot(at))
+
+    def add(self, step: int, stats: StepStats) -> None:
+        self.epoch_ms.append(stats.ms)
+        self.epoch_losses.append(stats.loss)
+        self.epoch_cos.append(stats.cos_grad)
+        if self.writer is not None:
+            c = stats.result.coefficients
+            self.writer.add_step(step, stats.lr, stats.loss,
+                                 c.cpu().numpy() if self.run.method.n_coefficients else None)
+
+    def commit_due(self, done: int, snapshot_due: bool, epoch_end: bool, loss: float) -> None:
+        if self.writer is not None and (snapshot_due or epoch_end or
+                                        time.monotonic() - self.last_commit > COMMIT_SECONDS):
+            self.writer.commit(snapshot=self.snapshot(done) if snapshot_due else None)
+            self.last_commit = time.monotonic()
+        self.bar.update(done - self.start, loss)
+
+    def epoch(self, done: int, scores: dict) -> None:
+        """Close an epoch: its metrics row in the run file and a line in the metrics file."""
+        steps_here = done - self.start
+        self.record = {
+            "epoch": round(done / self.run.stream.steps_per_epoch, 4),
+            "step": done, "train_loss": statistics.fmean(self.epoch_losses), **scores,
+            "ms_per_step": statistics.median(self.epoch_ms),
+            "cos_grad": statistics.fmean(self.epoch_cos),
+            "bytes_per_step": ((self.run.comm.traffic.bytes.get("step", 0) - self.step_bytes0)
+                               / max(steps_here, 1)),
+        }
+        self.epoch_losses, self.epoch_ms, self.epoch_cos = [], [], []
+        if self.writer is not None:
+            self.writer.commit(metrics=[float(self.record[c]) for c in METRIC_COLUMNS])
+        if self.metrics:
+            self.metrics.write(json.dumps(self.record) + "\n")
+            self.metrics.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.commit()
+            self.writer.close()
+        if self.metrics:
+            self.metrics.close()

@@ -1,0 +1,166 @@
+"""One source of truth for options: the config's fields make the flags, the help, the
+checks and the resume rule; every config is built through the one validating constructor."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, assert_user_error, run_cli, venv_bin, wait_for_commits
+from rbd_hpc.cli import build_parser
+from rbd_hpc.config import FIELDS, TrainConfig
+from rbd_hpc.errors import UserError
+from rbd_hpc.preemption import PREEMPT_SIGNALS, StopRequest
+from rbd_hpc.runlog import RunFile
+
+TINY = ["--val-size", "64", "--threads", "1", "--no-progress"]
+GOLDEN_RUN = ROOT / "tests" / "data" / "written_by_0.1.0.h5"
+
+
+def test_every_option_is_a_flag_with_its_help_and_default():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata["cli"]:  # model, data set: only through --preset, the CLI's own flag
+            assert f.name not in actions or f.name == "preset"
+            continue
+        action = actions[f.name]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        assert action.help.startswith(f.metadata["help"])
+        if f.default not in (None, False):
+            assert f"(default {f.default})" in action.help
+        for choice in f.metadata["choices"] or ():
+            assert choice in action.help
+
+
+def test_the_added_option_needs_nothing_but_its_field(idx_dir, tmp_path):
+    """--eval-batch-size was added as one field: flag, check, resume rule and effect."""
+    assert FIELDS["eval_batch_size"].metadata["resume_free"]
+    assert_user_error(run_cli("train", "--eval-batch-size", "0"),
+                   "--eval-batch-size 0 must be a positive number")
+    outs = []
+    for batch in ("7", "1000"):
+        out = tmp_path / f"e{batch}.h5"
+        proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "6", "--d", "10",
+                       "--eval-batch-size", batch, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        with RunFile(out) as run:
+            outs.append((run.metrics()[-1], run.snapshot(run.n_snapshots - 1)[1]))
+    (m7, theta7), (m1000, theta1000) = outs
+    assert np.array_equal(theta7, theta1000)               # the trajectory does not see it
+    assert m7["val_acc"] == m1000["val_acc"] and m7["test_acc"] == m1000["test_acc"]
+    proc = run_cli("train", "--resume", tmp_path / "e7.h5", "--steps", "8", "--eval-batch-size",
+                   "3", "--data-dir", idx_dir, "--no-progress")
+    assert proc.returncode == 0, proc.stderr               # a resume may change it
+
+
+@pytest.mark.parametrize("values,fragment", [
+    ({"d": 20, "bogus": 1}, "--config-json has unknown key(s) ['bogus']; valid: model, dataset, "
+                            "method"),
+    ({"d": "250"}, "--d '250' must be an integer"),
+    ({"d": True}, "--d True must be an integer"),
+    ({"lr": "fast"}, "--lr 'fast' must be a number"),
+    ({"augment": 1}, "--augment 1 must be true or false"),
+    ({"method": None}, "--method must be set"),
+    ({"val_size": -1}, "--val-size -1 must be ≥ 0"),
+    ([1, 2], "--config-json must be a JSON object"),
+])
+def test_bad_config_json_is_one_line(values, fragment):
+    assert_user_error(run_cli("train", "--config-json", json.dumps(values)), fragment)
+
+
+def test_python_api_builds_through_the_same_checks():
+    with pytest.raises(UserError, match=r"preset overrides has unknown key\(s\) \['dd'\]"):
+        TrainConfig.from_preset("fc-fmnist", dd=3)
+    with pytest.raises(UserError, match="--chunk 2.5 must be an integer"):
+        TrainConfig(chunk=2.5)
+    assert TrainConfig.from_dict(json.loads(TrainConfig(d=7).to_json())) == TrainConfig(d=7)
+
+
+def test_a_run_file_with_an_unknown_config_key_is_one_line(tmp_path):
+    run = tmp_path / "odd.h5"
+    run.write_bytes(GOLDEN_RUN.read_bytes())
+    with h5py.File(run, "r+") as f:
+        cfg = json.loads(f.attrs["config"])
+        f.attrs["config"] = json.dumps({**cfg, "learning_rate": 0.1})
+    for cmd in (["replay", run], ["train", "--resume", run, "--no-progress"]):
+        assert_user_error(run_cli(*cmd), "config has unknown key(s) ['learning_rate']")
+
+
+# -- a run file written before the redesign ---------------------------------------------------
+
+def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_path):
+    """Written by rbd-hpc 0.1.0 before the spine was split (srht, layer compartments,
+    momentum; 12 steps on the conftest data): it inspects, verifies, and resumes to 20 steps
+    bitwise equal to a fresh 20-step run of today's code (so both codes take the same steps)."""
+    old = tmp_path / "old.h5"
+    old.write_bytes(GOLDEN_RUN.read_bytes())
+    proc = run_cli("inspect", old)
+    assert proc.returncode == 0 and "committed     12 steps" in proc.stdout, proc.stderr
+    proc = run_cli("replay", old, "--verify")
+    assert "verify: OK over 12 steps, 2 snapshots, max |diff| 0 (1 thread)" in proc.stdout
+    proc = run_cli("train", "--resume", old, "--steps", "20", "--data-dir", idx_dir,
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    fresh = tmp_path / "fresh.h5"
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "20", "--d", "8",
+                   "--dist", "srht", "--compartments", "layer", "--momentum", "0.5",
+                   "--snapshot-every", "1000", "--out", fresh)
+    assert proc.returncode == 0, proc.stderr
+    with RunFile(old) as a, RunFile(fresh) as b:
+        assert a.committed == b.committed == 20
+        assert np.array_equal(a.steps()["coefficients"], b.steps()["coefficients"])
+        assert np.array_equal(a.snapshot(a.n_snapshots - 1)[1], b.snapshot(b.n_snapshots - 1)[1])
+
+
+# -- one preemption protocol --------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR2, signal.SIGTERM])
+def test_every_preemption_signal_stops_the_cli_with_exit_code_3(idx_dir, tmp_path, sig):
+    out = tmp_path / "pre.h5"
+    cmd = [venv_bin("rbd-hpc"), "train", "--data-dir", str(idx_dir), *TINY, "--out", str(out),
+           "--steps", "400", "--d", "10", "--method", "sgd"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    wait_for_commits(out, 3)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    assert "preempted after step" in stdout
+    with RunFile(out) as run:
+        assert 0 < run.committed < 400 and run.snapshot_steps()[-1] == run.committed
+
+
+def test_stop_request_hands_the_signal_back_to_the_previous_handler():
+    seen = []
+    before = {s: signal.signal(s, lambda signum, frame: seen.append(signum)) for s in PREEMPT_SIGNALS}
+    try:
+        with StopRequest() as stop:
+            assert not stop()
+            signal.raise_signal(signal.SIGUSR2)
+            assert stop() and seen == []          # ours, not the previous handler, got it
+            stop.pass_on()                        # after the commit: the previous handler runs
+            assert seen == [signal.SIGUSR2]
+        signal.raise_signal(signal.SIGUSR1)       # the previous handlers are back
+        assert seen == [signal.SIGUSR2, signal.SIGUSR1]
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_design_doc_is_where_the_docstrings_point():
+    design = (ROOT / "docs" / "design.md").read_text()
+    assert "## Invariants" in design and "## Preemption" in design
+    cited = set()
+    for path in (ROOT / "rbd_hpc").rglob("*.py"):
+        text = path.read_text()
+        assert "DESIGN.md" not in text, path
+        cited.update(int(n) for n in re.findall(r"design\.md, invariant (\d)", text))
+    assert cited and all(f"\n{n}. **" in design for n in cited)
