@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rbd_hpc.config import TrainConfig
@@ -45,8 +46,9 @@ def main() -> None:
         jobs = submit_array(cfgs, [str(out / f"d{d}.h5") for d in args.d], cluster,
                             folder=str(out / "logs"),
                             metrics=[str(out / f"d{d}.jsonl") for d in args.d])
-    except UserError as e:
-        raise SystemExit(f"sweep_d: error: {e}")
+    except UserError as e:  # one line and exit 2, like rbd-hpc
+        print(f"sweep_d: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     for job in jobs:
         job.results()
     print(f"# {args.preset} {args.method} {args.dist}: test accuracy against d")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 from rbd_hpc.config import TrainConfig
@@ -94,8 +95,9 @@ def main() -> None:
                                     time_min=24 * 60),
                             folder=str(out / "logs"),
                             metrics=[str(out / f"{n}.jsonl") for n in names])
-    except UserError as e:
-        raise SystemExit(f"table1: error: {e}")
+    except UserError as e:  # one line and exit 2, like rbd-hpc
+        print(f"table1: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     for job in jobs:
         job.results()
     rows = []

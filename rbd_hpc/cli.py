@@ -21,6 +21,7 @@ from .plot import plot
 from .preemption import EXIT_PREEMPTED, StopRequest
 from .replay import replay_to, save_weights, verify
 from .resume import resumed_config
+from . import runlog
 from .runlog import RunFile
 from .train import train
 
@@ -135,6 +136,11 @@ def train_config(args, comm) -> tuple[TrainConfig, str | None]:
     """The config of ``rbd-hpc train`` and its run file: a resume's stored config, a
     --config-json, or a preset; each with the command line's options on top."""
     overrides = config_overrides(args)
+    for name, value in overrides.items():  # each value on its own first, then how they combine
+        check_option(name, value)
+    if "epochs" in overrides and "steps" in overrides:
+        raise UserError(f"--epochs {args.epochs} and --steps {args.steps} both set the run length; "
+                        "give one of them")
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise UserError("--resume writes to the run file it resumes; drop --out")
@@ -155,8 +161,11 @@ def train_config(args, comm) -> tuple[TrainConfig, str | None]:
             raise UserError(f"--config-json is not valid JSON: {e}") from None
         if not isinstance(fields, dict):
             raise UserError("--config-json must be a JSON object of config fields")
+        if "epochs" in overrides:  # --epochs replaces the JSON's run length, whichever it was
+            fields["steps"] = None
         return TrainConfig.from_dict({**fields, **overrides}, "--config-json"), args.out
-    return TrainConfig.from_preset(args.preset or "fc-fmnist", **overrides), args.out
+    return TrainConfig.from_preset("fc-fmnist" if args.preset is None else args.preset,
+                                   **overrides), args.out
 
 
 def cmd_train(args, comm) -> int:
@@ -179,9 +188,9 @@ def cmd_train(args, comm) -> int:
 
 
 def cmd_replay(args) -> int:
-    require_positive("--threads", args.threads, allow_none=True)  # the rule train applies to --threads
+    check_option("threads", args.threads)  # the rule train applies to --threads
     with RunFile(args.run) as run:
-        threads = args.threads or TrainConfig.from_json(run.config_json).threads
+        threads = args.threads or run.config().threads
         if threads:
             torch.set_num_threads(threads)
         target = run.committed if args.step is None else args.step
@@ -252,6 +261,15 @@ def cmd_bench(args) -> int:
 
 
 def main(argv=None) -> int:
+    code = _main(argv)
+    if runlog.WRITE_FAILED:  # HDF5 would crash flushing the failed write at exit: skip that
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv=None) -> int:
     comm = None
     try:
         args = build_parser().parse_args(argv)

@@ -52,6 +52,22 @@ def allocation_weight(allocate: str) -> Callable[[int], float]:
     raise choice_error("--allocate", allocate, ALLOCATIONS)
 
 
+def _weights(sizes: list[int], allocate: str) -> list[float]:
+    """w(D_k) for every compartment; where a large |P| overflows or underflows the plain
+    powers, the same ratios from logarithms, scaled so that the largest weight is 1."""
+    weight = allocation_weight(allocate)
+    try:
+        weights = [weight(n) for n in sizes]
+        if all(math.isfinite(w) for w in weights) and sum(weights) > 0:
+            return weights
+    except OverflowError:
+        pass
+    p = float(allocate.partition(":")[2])
+    logs = [p * math.log(n) for n in sizes]
+    top = max(logs)
+    return [math.exp(v - top) for v in logs]
+
+
 def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]:
     """Split ``d_total`` directions over compartments by a rule on their sizes.
 
@@ -64,8 +80,7 @@ def split_d(sizes: list[int], d_total: int, allocate: str = "size") -> list[int]
     most its own size. The result sums to ``d_total`` exactly.
     """
     k = len(sizes)
-    weight = allocation_weight(allocate)
-    weights = [weight(n) for n in sizes]
+    weights = _weights(sizes, allocate)
     if d_total < k:
         raise UserError(f"--d {d_total} is smaller than the number of compartments ({k}); "
                         f"use --d >= {k} or fewer compartments")

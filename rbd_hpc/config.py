@@ -26,6 +26,8 @@ from .methods import (GRADIENT_METHODS, METHODS, MODES, MOMENTUM_METHODS, SPARSI
 from .models import MODELS
 
 SCHEDULES = ("constant", "cosine")
+MAX_THREADS = 4096   # torch's thread count is a C int; beyond any node's cores anyway
+MAX_LR = 1e30        # float32 overflows near 3.4e38: a step would turn θ into inf
 DEVICES = ("cpu", "cuda", "ipu")
 
 # base learning rates (× batch size) from the official code, per (model, data set)
@@ -60,13 +62,13 @@ def base_lr(model: str, dataset: str, method: str) -> float:
 
 
 def option(default, help: str, *, choices: tuple | None = None, positive: bool = False,
-           at_least: float | None = None, rule: str | None = None, resume_free: bool = False,
-           cli: bool = True):
+           at_least: float | None = None, at_most: float | None = None, rule: str | None = None,
+           resume_free: bool = False, cli: bool = True):
     """A config field and everything said about it: the flag --NAME (underscores → dashes),
     its help, its check (``choices``; ``positive``; ``at_least``, worded as ``rule``), and
     ``resume_free``: a resume may change it because it does not change the trajectory."""
     return dataclasses.field(default=default, metadata=dict(
-        help=help, choices=choices, positive=positive, at_least=at_least,
+        help=help, choices=choices, positive=positive, at_least=at_least, at_most=at_most,
         rule=rule or (f"≥ {at_least:g}" if at_least is not None else None),
         resume_free=resume_free, cli=cli))
 
@@ -103,7 +105,8 @@ class TrainConfig:
     steps: int | None = option(None, "train this many steps instead of --epochs", positive=True,
                                resume_free=True)
     batch_size: int = option(32, "global batch size", positive=True)
-    lr: float | None = option(None, "learning rate (default: the preset's base × batch size)")
+    lr: float | None = option(None, "learning rate (default: the preset's base × batch size)",
+                              at_least=0, rule="a positive finite number")
     momentum: float = option(0.0, "heavy-ball momentum μ in [0, 1) (rbd, fpd, sgd, rigl, set, "
                              "static)")
     weight_decay: float = option(0.0, "decoupled weight decay λ ≥ 0: θ ← (1 − ηλ) θ every step "
@@ -124,7 +127,8 @@ class TrainConfig:
     check_every: int = option(0, "compare θ hashes across ranks every N steps (0: never)",
                               at_least=0, resume_free=True)
     device: str = option("cpu", "where tensors live", choices=DEVICES)
-    threads: int | None = option(None, "torch threads per rank", positive=True, resume_free=True)
+    threads: int | None = option(None, "torch threads per rank", positive=True, at_most=MAX_THREADS,
+                                 resume_free=True)
     keep_in_memory: bool = option(False, "keep directions in memory while they stay the same "
                                   "(FPD, --redraw-every)")
     sigma: float = option(0.05, "NES perturbation scale σ")
@@ -147,8 +151,8 @@ class TrainConfig:
             raise UserError("give --epochs N or --steps N")
         if self.lr is None:
             self.lr = base_lr(self.model, self.dataset, self.method) * self.batch_size
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr {self.lr} must be a positive finite number")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise UserError(f"--lr {self.lr} must be a positive finite number (at most {MAX_LR:g})")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
         if self.momentum and self.method not in MOMENTUM_METHODS:
@@ -221,6 +225,11 @@ class TrainConfig:
         """Fields a resume may change without changing the trajectory."""
         return {f.name for f in dataclasses.fields(cls) if f.metadata["resume_free"]}
 
+    @classmethod
+    def trajectory_fields(cls) -> set[str]:
+        """Fields that shape the trajectory: every run file's config must hold them."""
+        return set(cls.field_names()) - cls.resume_free()
+
 
 # the Python type each annotation admits, and its wording in an error
 _KINDS = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
@@ -252,6 +261,10 @@ def _check_field(f: dataclasses.Field, value) -> None:
         require_positive(name, value)
     if meta["at_least"] is not None and value < meta["at_least"]:
         raise UserError(f"{name} {value} must be {meta['rule']}")
+    if meta["at_most"] is not None and value > meta["at_most"]:
+        raise UserError(f"{name} {value} must be at most {meta['at_most']:g}")
+    if base == "str" and not value.strip():
+        raise UserError(f"{name} must not be empty")
 
 
 def check_option(name: str, value) -> None:

@@ -88,10 +88,19 @@ def read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path} is truncated (header incomplete)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     if len(raw) != expected:
         raise UserError(f"{path} is corrupt: {len(raw)} bytes, expected {expected} for shape {dims}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _labels(y: np.ndarray, what: str) -> np.ndarray:
+    """Class labels as int64, refused unless integers in 0..9."""
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{what} are {y.dtype}, not integers")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise UserError(f"{what} are outside 0..9")
+    return y.astype(np.int64)
 
 
 def _find(directory: Path, stem: str, where: str) -> Path:
@@ -108,9 +117,10 @@ def load_idx_dataset(directory: Path, where: str) -> tuple[Split, Split]:
         x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise UserError(f"{part} images {x.shape} and labels {y.shape} in {directory} do not match")
-        if y.size and (y.min() < 0 or y.max() > 9):
-            raise UserError(f"{part} labels in {directory} are outside 0..9")
-        out.append(Split(np.ascontiguousarray(x[..., None], dtype=np.uint8), y.astype(np.int64)))
+        if x.dtype != np.uint8:
+            raise UserError(f"{part} images in {directory} are {x.dtype}; the IDX images read here "
+                            "are unsigned bytes (type 0x08)")
+        out.append(Split(np.ascontiguousarray(x[..., None]), _labels(y, f"{part} labels in {directory}")))
     return out[0], out[1]
 
 
@@ -130,13 +140,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-        data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"], dtype=np.uint8)
+        data = np.asarray(batch[b"data"] if b"data" in batch else batch["data"])
         labels = np.asarray(batch[b"labels"] if b"labels" in batch else batch["labels"])
-    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+    except (OSError, EOFError, KeyError, TypeError, ValueError, AttributeError,
+            pickle.UnpicklingError) as e:
         raise UserError(f"{path} is not a valid CIFAR-10 batch: {e}") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+    if data.dtype != np.uint8:
+        raise UserError(f"{path}: images are {data.dtype}, not unsigned bytes")
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
         raise UserError(f"{path} is corrupt: data {data.shape}, labels {labels.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _labels(labels, f"{path}: labels")
 
 
 def load_cifar10(directory: Path, where: str) -> tuple[Split, Split]:
@@ -158,6 +171,8 @@ def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 500
     if not directory.is_dir():
         raise UserError(f"data directory {directory} (from {where}) does not exist")
     train, test = (load_cifar10 if name == "cifar10" else load_idx_dataset)(directory, where)
+    if len(test.y) == 0:
+        raise UserError(f"the test split in {directory} is empty")
     if not 0 <= val_size < len(train.y):
         raise UserError(f"--val-size {val_size} must be in [0, {len(train.y)})")
     perm = numpy_rng(derive_seed(seed, Stream.SPLIT)).permutation(len(train.y))

@@ -1,6 +1,7 @@
 """``rbd-hpc inspect``: what a run file holds and what it costs on disk."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 
@@ -21,7 +22,7 @@ def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int)
 
 def describe(path: str) -> tuple[str, dict]:
     with RunFile(path) as run:
-        cfg = json.loads(run.config_json)
+        cfg = dataclasses.asdict(run.config())
         D = int(run.layout["offsets"][-1])
         size = run.size_on_disk()
         n_coef = int(run.attrs["n_coefficients"])

@@ -31,6 +31,8 @@ from .comm import create_communicator, install_abort_handler
 from .config import TrainConfig
 from .errors import UserError, require_choice
 from .preemption import StopRequest
+from .resume import check_resume
+from .runlog import RunFile, check_writable
 from .train import train
 
 BACKENDS = ("auto", "slurm", "local")
@@ -149,10 +151,22 @@ class TrainJob(submitit.helpers.Checkpointable):
             TrainJob(self.config, self.out, self.metrics, self.tasks, self.backend))
 
 
+def check_submission(cfg: TrainConfig, out: str, tasks: int) -> None:
+    """Before anything is submitted: a run file already at ``out`` must be one this config
+    continues bitwise (the check every resume passes, resume.check_resume)."""
+    path = Path(out)
+    check_writable(path, "out")
+    if path.exists():
+        with RunFile(path) as run:
+            check_resume(run, cfg, tasks)
+
+
 def submit(cfg: TrainConfig, out: str, cluster: Cluster | None = None, folder: str = "runs/logs",
            metrics: str | None = None):
-    """Submit one training run; returns a submitit Job (``.result()`` is the summary)."""
+    """Submit one training run; returns a submitit Job (``.result()`` is the summary). A run
+    file already at ``out`` is resumed, and refused here if the config would not continue it."""
     cluster = cluster or Cluster()
+    check_submission(cfg, out, cluster.tasks)
     ex, backend = _executor(cluster, folder)
     job = TrainJob(dataclasses.asdict(cfg), str(out), metrics, cluster.tasks, backend)
     return ex.submit(job)
@@ -164,6 +178,10 @@ def submit_array(cfgs: list[TrainConfig], outs: list[str], cluster: Cluster | No
     if len(cfgs) != len(outs):
         raise UserError(f"{len(cfgs)} configs but {len(outs)} output files")
     cluster = cluster or Cluster()
+    if len(set(map(str, outs))) != len(outs):
+        raise UserError("two runs of the array share one output file")
+    for cfg, out in zip(cfgs, outs):
+        check_submission(cfg, out, cluster.tasks)
     ex, backend = _executor(cluster, folder)
     metrics = metrics or [None] * len(cfgs)
     jobs = [TrainJob(dataclasses.asdict(c), str(o), m, cluster.tasks, backend)

@@ -111,6 +111,8 @@ def build_model(name: str, in_shape: tuple[int, int, int], generator: torch.Gene
     if name == "fc":
         model = FC(in_shape, classes)
     elif name == "cnn":
+        if ((in_shape[1] - 2) // 2 - 2) // 2 - 2 < 1:  # three valid 3×3 convolutions, two pools
+            raise UserError(f"model cnn needs images of at least 18×18, got {in_shape[1]}×{in_shape[2]}")
         model = CNN(in_shape, classes)
     else:  # resnet8, resnet20
         if in_shape[1] < 8:

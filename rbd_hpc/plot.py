@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def load_runs(paths: list[str]) -> list[dict]:
             runs.append({"label": path.stem, "rows": rows, "config": {}})
         else:
             with RunFile(path) as run:
-                cfg = json.loads(run.config_json)
+                cfg = dataclasses.asdict(run.config())
                 rows = run.metrics()
                 directions = int(run.attrs["n_coefficients"])  # all compartments and ranks
             runs.append({"label": run_label(cfg), "rows": rows, "config": cfg, "directions": directions})

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
 from .methods import StepResult
 from .models import buffers_vector
 from .runlog import METRIC_COLUMNS, RunFile, RunWriter, run_attrs
@@ -106,7 +107,11 @@ class Recorder:
         self.last_commit = time.monotonic()
         self.record: dict = {}
         self.writer = self._open_writer(out, resume) if out else None
-        self.metrics = open_metrics(metrics_path, start if resume else None) if metrics_path else None
+        try:
+            self.metrics = (open_metrics(metrics_path, start if resume else None)
+                            if metrics_path else None)
+        except OSError as e:
+            raise UserError(f"cannot write the metrics file {metrics_path}: {e.strerror or e}") from None
         self.bar = Progress(run.total - start, progress)
 
     def _open_writer(self, out: str, resume: bool) -> RunWriter:
@@ -171,8 +176,12 @@ class Recorder:
         if self.writer is not None:
             self.writer.commit(metrics=[float(self.record[c]) for c in METRIC_COLUMNS])
         if self.metrics:
-            self.metrics.write(json.dumps(self.record) + "\n")
-            self.metrics.flush()
+            try:
+                self.metrics.write(json.dumps(self.record) + "\n")
+                self.metrics.flush()
+            except OSError as e:
+                raise UserError(f"cannot write the metrics file {self.metrics.name}: "
+                                f"{e.strerror or e}; the run file holds this epoch") from None
 
     def close(self) -> None:
         if self.writer is not None:

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .comm import SingleProcess
-from .config import TrainConfig
 from .errors import UserError
 from .methods.build import build_method
 from .runlog import RunFile
@@ -23,13 +22,14 @@ _BLOCK = 256  # coefficient rows read per HDF5 access
 
 def method_for(run: RunFile):
     """The method object that produced a run, rebuilt from its config and layout."""
-    cfg = TrainConfig.from_json(run.config_json)
+    cfg = run.config()
     if not run.replayable:
         raise UserError(f"{run.path}: method {cfg.method!r} logs no coefficients and cannot be "
                         "replayed; its snapshots hold the weights")
     named_shapes = [(n, tuple(s)) for n, s in zip(run.layout["names"], run.layout["shapes"])]
     method, _ = build_method(cfg, named_shapes, SingleProcess(), "cpu",
                              world_size=int(run.attrs["world_size"]))
+    run.require_coefficients(method.n_coefficients)
     return method
 
 

@@ -1,23 +1,24 @@
 """The HDF5 run file: θ0, seed schedule (config), coefficient history, snapshots.
 
-Layout (format version 1; see docs/runfile.md):
+Layout (format version 2; see docs/runfile.md):
 
   /                       attrs: format_version, config (JSON), root_seed, package_version,
                           torch_version, device_type, world_size, mode, method,
                           param_layout (JSON), buffer_layout (JSON), n_coefficients,
-                          replayable, created
+                          replayable, created, header_crc32 (over the attributes replay
+                          depends on)
   /theta0                 (D,) float32, attrs crc32
   /steps/step             (n,) int64          one row per training step
   /steps/lr               (n,) float64        the learning rate applied
   /steps/loss             (n,) float32        rank 0's mini-batch loss
   /steps/coefficients     (n, d_total) float32, the values applied after the allreduce
                           (Fletcher-32, not compressed), only for replayable methods
-  /steps/crc32            (n,) uint32         CRC-32 of each coefficient row
+  /steps/crc32            (n,) uint32         CRC-32 of each row: step, lr, loss, coefficients
   /snapshots/step         (m,) int64
   /snapshots/theta        (m, D) float32      full θ after that step (step −1: θ0)
   /snapshots/buffers      (m, B) float64      model buffers (BatchNorm statistics)
   /snapshots/state        (m, S) float32      method state (e.g. SGD momentum)
-  /snapshots/crc32        (m,) uint32         CRC-32 over the snapshot's θ, buffers and state
+  /snapshots/crc32        (m,) uint32         CRC-32 over the snapshot's step, θ, buffers, state
   /metrics/table          (e, len(METRIC_COLUMNS)) float64, one row per evaluation
   /commit                 (2,) int64: [committed steps, committed snapshots] — written last
 
@@ -29,12 +30,25 @@ ignores anything past them. A resume copies the committed content into a fresh f
 and renames it over the old one (atomic on POSIX), so a crash during resume leaves the
 old file intact.
 
+Readers open defensively: a plain open first (it checks the end-of-file address, so a
+truncated file fails at once); only a file whose writer is live or was killed (HDF5's "open
+for write" flag) is opened in SWMR mode, after the end-of-file check is done here. The commit
+marker and every length are checked against the data present. Format 1 files (checksums over
+the coefficients and θ only) are read and resumed; a resume writes format 2.
+
+One writer per run file: ``RunLock`` holds an exclusive flock on ``RUN.h5.lock`` for as long
+as a process writes the run file (a new run, or a resume).
+
 No pickle anywhere: configuration and layouts are JSON strings, arrays are numbers.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
+import socket
 import time
 import zlib
 from pathlib import Path
@@ -44,12 +58,17 @@ import numpy as np
 import torch
 
 from . import __version__
+from .config import TrainConfig
 from .errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# the attributes that replay and resume read, covered by header_crc32 (format 2)
+HEADER_ATTRS = ("config", "param_layout", "buffer_layout", "world_size", "mode", "method",
+                "n_coefficients", "replayable")
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
                   "ms_per_step", "cos_grad", "bytes_per_step")
 _ROW_CHUNK = 64
+_COPY_BLOCK = 4096  # rows per read when a resume copies a run file
 
 
 def crc32(*arrays: np.ndarray) -> int:
@@ -57,6 +76,21 @@ def crc32(*arrays: np.ndarray) -> int:
     for a in arrays:
         value = zlib.crc32(np.ascontiguousarray(a).tobytes(), value)
     return value
+
+
+def row_crc(step: int, lr: float, loss: float, coefficients: np.ndarray | None) -> int:
+    """Format 2: everything replay and resume read from a row."""
+    parts = [np.int64(step), np.float64(lr), np.float32(loss)]
+    return crc32(*parts, *([] if coefficients is None else [coefficients.astype(np.float32)]))
+
+
+def snapshot_crc(step: int, theta, buffers, state) -> int:
+    """Format 2: the snapshot's step label too (a changed label would resume the wrong θ)."""
+    return crc32(np.int64(step), theta, buffers, state)
+
+
+def header_crc(attrs: dict) -> int:
+    return zlib.crc32("\x00".join(str(attrs[k]) for k in HEADER_ATTRS).encode())
 
 
 class RunWriter:
@@ -73,15 +107,25 @@ class RunWriter:
         self.n_coefficients = n_coefficients
         self._rows: list[tuple[int, float, float, np.ndarray | None]] = []
         tmp = self.path.with_name(self.path.name + ".tmp")
+        self.f = None
+        # θ0, and on a resume a copy of the committed content beside the old file
+        ensure_space(self.path, 2 * theta0.nbytes + (existing.size_on_disk() if existing else 0))
         try:
             self._create(tmp, attrs, theta0, n_coefficients, buffers_size, state_size, existing,
                          resume_at)
             os.replace(tmp, self.path)  # atomic: the old file stays whole until this moment
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             tmp.unlink(missing_ok=True)
-            raise UserError(f"cannot write run file {self.path}: {e.strerror or e}") from None
-        self.f = h5py.File(self.path, "r+", libver="latest")
-        self.f.swmr_mode = True
+            raise UserError(f"cannot write run file {self.path}: {_first_line(e)}"
+                            + ("; the previous file is unchanged" if existing else "")) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:
+            self.f = h5py.File(self.path, "r+", libver="latest")
+            self.f.swmr_mode = True
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"cannot write run file {self.path}: {_first_line(e)}") from None
         self.committed = int(self.f["commit"][0])
         self.committed_snapshots = int(self.f["commit"][1])
 
@@ -91,6 +135,7 @@ class RunWriter:
             for k, v in attrs.items():
                 f.attrs[k] = v
             f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["header_crc32"] = header_crc(attrs)
             t0 = f.create_dataset("theta0", data=theta0.astype(np.float32))
             t0.attrs["crc32"] = crc32(theta0.astype(np.float32))
             D = theta0.size
@@ -129,7 +174,38 @@ class RunWriter:
 
     def commit(self, snapshot: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None,
                metrics: list[float] | None = None) -> None:
-        """Write buffered rows (and a snapshot / metrics row), flush, then advance /commit."""
+        """Write buffered rows (and a snapshot / metrics row), flush, then advance /commit.
+        An I/O error (a full disk) ends the run with one line; what was committed before
+        stays committed, because /commit is written only after everything else is flushed."""
+        if self.f is None:
+            raise UserError(f"run file {self.path} is closed after an earlier write error")
+        committed = self.committed
+        ensure_space(self.path, 2 * self._pending_bytes(snapshot), committed)
+        try:
+            self._commit(snapshot, metrics)
+        except (OSError, RuntimeError, ValueError) as e:
+            self.committed = committed
+            WRITE_FAILED.append(str(self.path))
+            self._abandon()
+            raise UserError(f"cannot write run file {self.path}: {_first_line(e)}; it holds the "
+                            f"{committed} steps committed before") from None
+
+    def _pending_bytes(self, snapshot) -> int:
+        """What a commit writes, uncompressed: the buffered rows and the snapshot."""
+        row = 8 + 8 + 4 + 4 + 4 * self.n_coefficients
+        snap = sum(np.asarray(a).nbytes for a in snapshot[1:]) if snapshot is not None else 0
+        return len(self._rows) * row + snap + 4096
+
+    def _abandon(self) -> None:
+        """Drop the handle after a failed write without flushing again (HDF5 would retry the
+        write that failed); the committed content is already on disk."""
+        f, self.f = self.f, None
+        try:
+            f.close()
+        except (OSError, RuntimeError, ValueError):
+            pass
+
+    def _commit(self, snapshot, metrics) -> None:
         f = self.f
         if self._rows:
             n0, k = f["steps/step"].shape[0], len(self._rows)
@@ -143,9 +219,8 @@ class RunWriter:
                 coef = np.stack([r[3] for r in self._rows]).astype(np.float32)
                 f["steps/coefficients"].resize((n0 + k, self.n_coefficients))
                 f["steps/coefficients"][n0:] = coef
-                f["steps/crc32"][n0:] = [crc32(c) for c in coef]
-            else:
-                f["steps/crc32"][n0:] = 0
+            f["steps/crc32"][n0:] = [row_crc(*r[:3], c) for r, c in zip(
+                self._rows, coef if self.n_coefficients else [None] * k)]
             self.committed = n0 + k
             self._rows.clear()
         m, sn = self.committed_snapshots, f["snapshots"]
@@ -157,14 +232,7 @@ class RunWriter:
                 sn[name].resize((m + 1,))
             for name in ("theta", "buffers", "state"):
                 sn[name].resize((m + 1, sn[name].shape[1]))
-            theta = theta.astype(np.float32)
-            buffers = _pad(buffers.astype(np.float64), sn["buffers"].shape[1])
-            state = _pad(state.astype(np.float32), sn["state"].shape[1])
-            sn["step"][m] = step
-            sn["theta"][m] = theta
-            sn["buffers"][m] = buffers
-            sn["state"][m] = state
-            sn["crc32"][m] = crc32(theta, buffers, state)
+            _write_snapshot(sn, m, step, theta, buffers, state)
             self.committed_snapshots = m + 1
         if metrics is not None:
             t = f["metrics/table"]
@@ -176,8 +244,25 @@ class RunWriter:
 
     def close(self) -> None:
         if self.f:
-            self.f.close()
-            self.f = None
+            try:
+                self.f.close()
+            except (OSError, RuntimeError) as e:
+                raise UserError(f"cannot close run file {self.path}: {_first_line(e)}; it holds "
+                                f"the {self.committed} steps committed before") from None
+            finally:
+                self.f = None
+
+
+def _write_snapshot(sn: h5py.Group, i: int, step: int, theta, buffers, state) -> None:
+    """Row ``i`` of the (already resized) snapshot datasets, with its format-2 checksum."""
+    theta = np.asarray(theta, dtype=np.float32)
+    buffers = _pad(np.asarray(buffers, dtype=np.float64), sn["buffers"].shape[1])
+    state = _pad(np.asarray(state, dtype=np.float32), sn["state"].shape[1])
+    sn["step"][i] = step
+    sn["theta"][i] = theta
+    sn["buffers"][i] = buffers
+    sn["state"][i] = state
+    sn["crc32"][i] = snapshot_crc(step, theta, buffers, state)
 
 
 def _pad(a: np.ndarray, width: int) -> np.ndarray:
@@ -188,28 +273,94 @@ def _pad(a: np.ndarray, width: int) -> np.ndarray:
 
 def _copy_committed(src: "RunFile", f: h5py.File, upto: int | None) -> list[int]:
     """Copy the committed rows and snapshots up to step ``upto``, and the metrics rows of the
-    epochs they complete; returns the new /commit."""
+    epochs they complete; returns the new /commit. Every row and snapshot is read through its
+    checksum and written with a format-2 one (a format-1 file is upgraded on resume)."""
     n = src.committed if upto is None else min(src.committed, upto)
     m = int(np.searchsorted(src.snapshot_steps(), n, side="right"))  # snapshots at steps ≤ n
-    s = src.f["steps"]
     for name in ("step", "lr", "loss", "crc32"):
         f[f"steps/{name}"].resize((n,))
-        f[f"steps/{name}"][:] = s[name][:n]
-    if "coefficients" in s:
-        f["steps/coefficients"].resize((n, s["coefficients"].shape[1]))
-        f["steps/coefficients"][:] = s["coefficients"][:n]
+    if "coefficients" in f["steps"]:
+        f["steps/coefficients"].resize((n, f["steps/coefficients"].shape[1]))
+    for lo in range(0, n, _COPY_BLOCK):
+        hi = min(lo + _COPY_BLOCK, n)
+        rows = src.steps(lo, hi)
+        for name in ("step", "lr", "loss"):
+            f[f"steps/{name}"][lo:hi] = rows[name]
+        coef = rows.get("coefficients")
+        if coef is not None:
+            f["steps/coefficients"][lo:hi] = coef
+        f["steps/crc32"][lo:hi] = [row_crc(rows["step"][i], rows["lr"][i], rows["loss"][i],
+                                           None if coef is None else coef[i])
+                                   for i in range(hi - lo)]
     for name in ("step", "crc32"):
         f[f"snapshots/{name}"].resize((m,))
-        f[f"snapshots/{name}"][:] = src.f[f"snapshots/{name}"][:m]
     for name in ("theta", "buffers", "state"):
-        d = src.f[f"snapshots/{name}"]
-        f[f"snapshots/{name}"].resize((m, d.shape[1]))
-        f[f"snapshots/{name}"][:] = d[:m]
-    t = src.f["metrics/table"][:]
+        f[f"snapshots/{name}"].resize((m, f[f"snapshots/{name}"].shape[1]))
+    for i in range(m):
+        _write_snapshot(f["snapshots"], i, *src.snapshot(i))
+    t = src.metrics_table()
     t = t[t[:, METRIC_COLUMNS.index("step")] <= n]
     f["metrics/table"].resize(t.shape)
     f["metrics/table"][:] = t
     return [n, m]
+
+
+def _superblock_eof(path: Path) -> int | None:
+    """The end-of-file address a version 2/3 superblock stores (the libver "latest" files
+    written here), or None for other superblocks."""
+    with open(path, "rb") as fh:
+        head = fh.read(48)
+    if len(head) < 48 or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    base = int.from_bytes(head[12:20], "little")
+    return base + int.from_bytes(head[28:36], "little")
+
+
+def _open_h5(path: Path) -> h5py.File:
+    """Open for reading without hanging on damage. A plain open checks the end-of-file
+    address; HDF5 refuses it for a file marked open for write (a live or a killed writer),
+    which is opened in SWMR mode after the same check is made here."""
+    try:
+        return h5py.File(path, "r", libver="latest")
+    except OSError as e:
+        if "already open for write" not in str(e):
+            raise UserError(f"{path} cannot be opened as a run file (truncated or damaged): "
+                            f"{_first_line(e)}") from None
+    eof = _superblock_eof(path)
+    if eof is not None and path.stat().st_size < eof:
+        raise UserError(f"{path} is truncated: {path.stat().st_size} bytes of {eof}")
+    try:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{path} cannot be opened as a run file (truncated or damaged): "
+                        f"{_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """One line for an error; HDF5's own errors carry the system's reason deeper inside."""
+    text = str(e).strip()
+    reason = re.search(r"error message = '([^']*)'", text)
+    if reason:
+        return reason.group(1)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# Set when a write to a run file failed. HDF5 keeps the failed data in its cache and flushes
+# it again when the library shuts down at exit, where a full disk makes it crash (SIGSEGV):
+# cli.main leaves through os._exit after such a failure.
+WRITE_FAILED = []
+_SPACE_MARGIN = 64 * 1024  # bytes beyond a write's size kept free for HDF5's metadata
+
+
+def ensure_space(path: Path, need: int, committed: int | None = None) -> None:
+    """Refuse a write of about ``need`` bytes that the file system cannot hold, before any of
+    it is attempted: a write that fails half way is what HDF5 does not survive."""
+    st = os.statvfs(path.parent if str(path.parent) else Path("."))
+    free = st.f_bavail * st.f_frsize
+    if free < need + _SPACE_MARGIN:
+        held = f"; it holds the {committed} steps committed before" if committed is not None else ""
+        raise UserError(f"no space left for run file {path}: {free:,} bytes free, the next write "
+                        f"needs about {need + _SPACE_MARGIN:,}{held}")
 
 
 class RunFile:
@@ -217,33 +368,72 @@ class RunFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.exists():
-            raise UserError(f"run file {self.path} does not exist")
+        if not self.path.is_file():
+            raise UserError(f"run file {self.path} does not exist" if not self.path.exists()
+                            else f"run file {self.path} is not a file")
         if not h5py.is_hdf5(self.path):
             raise UserError(f"{self.path} is not an HDF5 file (or it is truncated)")
+        self.f = _open_h5(self.path)
         try:
-            self.f = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except OSError as e:
-            raise UserError(f"{self.path} cannot be opened as a run file (truncated or damaged): "
-                            f"{e}") from None
-        try:
-            version = int(self.f.attrs["format_version"])
-            self.commit = self.f["commit"][:]
-        except (KeyError, OSError, ValueError) as e:
+            self._check_structure()
+        except UserError:
             self.close()
-            raise UserError(f"{self.path} is not an rbd-hpc run file ({e})") from None
+            raise
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as e:
+            self.close()
+            raise UserError(f"{self.path} is not an rbd-hpc run file ({_first_line(e)})") from None
+
+    def _check_structure(self) -> None:
+        """Version, header checksum, and the commit marker against the rows present."""
+        f = self.f
+        version = int(f.attrs["format_version"])
         if version > FORMAT_VERSION:
-            self.close()
             raise UserError(f"{self.path} has format version {version}; this rbd-hpc "
                             f"({__version__}) reads up to version {FORMAT_VERSION} — upgrade rbd-hpc")
         self.version = version
-        self.committed = int(self.commit[0])
-        self.n_snapshots = int(self.commit[1])
-        self.attrs = {k: self.f.attrs[k] for k in self.f.attrs}
+        self.attrs = {k: f.attrs[k] for k in f.attrs}
+        if version >= 2 and header_crc(self.attrs) != int(self.attrs["header_crc32"]):
+            raise UserError(f"{self.path}: the run's configuration attributes fail their checksum "
+                            "(tampered or corrupt)")
+        self.commit = f["commit"][:]
+        if self.commit.shape != (2,):
+            raise UserError(f"{self.path}: the commit marker has shape {self.commit.shape}, not (2,)")
+        self.committed, self.n_snapshots = int(self.commit[0]), int(self.commit[1])
+        rows = min(f[f"steps/{n}"].shape[0] for n in ("step", "lr", "loss", "crc32"))
+        if "coefficients" in f["steps"]:
+            rows = min(rows, f["steps/coefficients"].shape[0])
+        snaps = min(f[f"snapshots/{n}"].shape[0] for n in ("step", "crc32", "theta", "buffers", "state"))
+        if not (0 <= self.committed <= rows and 0 <= self.n_snapshots <= snaps):
+            raise UserError(f"{self.path}: the commit marker says {self.committed} steps and "
+                            f"{self.n_snapshots} snapshots, but the file holds {rows} rows and "
+                            f"{snaps} snapshots (tampered or corrupt)")
         self.config_json = str(self.attrs["config"])
-        self.layout = json.loads(str(self.attrs["param_layout"]))
-        self.buffer_layout = json.loads(str(self.attrs["buffer_layout"]))
+        self.layout = _json_attr(self, "param_layout", dict)
+        self.buffer_layout = _json_attr(self, "buffer_layout", dict)
         self.replayable = bool(self.attrs["replayable"])
+        n_coef = int(self.attrs["n_coefficients"])
+        width = f["steps/coefficients"].shape[1] if "coefficients" in f["steps"] else 0
+        dim = int(self.layout["offsets"][-1])
+        if width != n_coef or f["theta0"].shape != (dim,) or f["snapshots/theta"].shape[1] != dim:
+            raise UserError(f"{self.path}: the layout ({dim} parameters, {n_coef} coefficients) "
+                            f"does not match the data (θ0 {f['theta0'].shape}, coefficient rows "
+                            f"of {width})")
+
+    def config(self):
+        """The stored config, through the one validating constructor; a key that a run file
+        must hold (every field that shapes the trajectory) may not be missing."""
+        from_file = f"run file {self.path} config"
+        values = _json_attr(self, "config", dict, text=self.config_json)
+        missing = sorted(TrainConfig.trajectory_fields() - set(values))
+        if missing:
+            raise UserError(f"{from_file} lacks key(s) {missing}")
+        return TrainConfig.from_dict(values, from_file)
+
+    def require_coefficients(self, n: int) -> None:
+        """The config's method must make as many coefficients per step as the rows hold."""
+        if n != int(self.attrs["n_coefficients"]):
+            raise UserError(f"{self.path}: its config makes {n} coefficients per step but its "
+                            f"rows hold {self.attrs['n_coefficients']} (tampered or corrupt)")
 
     def close(self) -> None:
         if getattr(self, "f", None) is not None:
@@ -259,8 +449,8 @@ class RunFile:
     def _read(self, name: str, sl=slice(None)):
         try:
             return self.f[name][sl]
-        except OSError as e:  # a failed fletcher32 check lands here
-            raise UserError(f"{self.path}: {name} is corrupt ({e})") from None
+        except (OSError, RuntimeError) as e:  # a failed fletcher32 check lands here
+            raise UserError(f"{self.path}: {name} is corrupt ({_first_line(e)})") from None
 
     def theta0(self) -> np.ndarray:
         t = self._read("theta0")
@@ -272,12 +462,20 @@ class RunFile:
         hi = self.committed if hi is None else min(hi, self.committed)
         out = {name: self._read(f"steps/{name}", slice(lo, hi))
                for name in ("step", "lr", "loss", "crc32")}
-        if "coefficients" in self.f["steps"]:
-            coef = self._read("steps/coefficients", slice(lo, hi))
-            bad = [lo + i for i, c in enumerate(coef) if crc32(c) != int(out["crc32"][i])]
-            if bad:
-                raise UserError(f"{self.path}: coefficients of step {bad[0]} fail their checksum "
-                                "(tampered or corrupt)")
+        coef = (self._read("steps/coefficients", slice(lo, hi))
+                if "coefficients" in self.f["steps"] else None)
+        if self.version >= 2:
+            bad = [lo + i for i in range(len(out["step"])) if row_crc(
+                out["step"][i], out["lr"][i], out["loss"][i],
+                None if coef is None else coef[i]) != int(out["crc32"][i])]
+        else:  # format 1: the coefficients only
+            bad = [lo + i for i, c in enumerate(coef if coef is not None else [])
+                   if crc32(c) != int(out["crc32"][i])]
+        if bad:
+            raise UserError(f"{self.path}: coefficients of step {bad[0]} fail their checksum, "
+                            "which covers the row's step index, rate and loss too (tampered or "
+                            "corrupt)")
+        if coef is not None:
             out["coefficients"] = coef
         return out
 
@@ -285,22 +483,36 @@ class RunFile:
         return self._read("snapshots/step", slice(0, self.n_snapshots))
 
     def snapshot(self, i: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        sn = self.f["snapshots"]
-        step = int(sn["step"][i])
+        step = int(self._read("snapshots/step", i))
         theta = self._read("snapshots/theta", i)
         buffers = self._read("snapshots/buffers", i)
         state = self._read("snapshots/state", i)
-        if crc32(theta, buffers, state) != int(sn["crc32"][i]):
+        expected = (snapshot_crc(step, theta, buffers, state) if self.version >= 2
+                    else crc32(theta, buffers, state))
+        if expected != int(self._read("snapshots/crc32", i)):
             raise UserError(f"{self.path}: snapshot of step {step} fails its checksum "
                             "(tampered or corrupt)")
         return step, theta, buffers, state
 
+    def metrics_table(self) -> np.ndarray:
+        return self._read("metrics/table")
+
     def metrics(self) -> list[dict]:
-        table = self._read("metrics/table")
-        return [dict(zip(METRIC_COLUMNS, map(float, row))) for row in table]
+        return [dict(zip(METRIC_COLUMNS, map(float, row))) for row in self.metrics_table()]
 
     def size_on_disk(self) -> int:
         return self.path.stat().st_size
+
+
+def _json_attr(run: RunFile, name: str, kind: type, text: str | None = None):
+    try:
+        value = json.loads(text if text is not None else str(run.attrs[name]))
+    except json.JSONDecodeError as e:
+        raise UserError(f"run file {run.path}: attribute {name} is not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise UserError(f"run file {run.path}: attribute {name} is a JSON "
+                        f"{type(value).__name__}, not an object")
+    return value
 
 
 def run_attrs(config_json: str, root_seed: int, world_size: int, mode: str, method: str,
@@ -317,13 +529,22 @@ def run_attrs(config_json: str, root_seed: int, world_size: int, mode: str, meth
 
 # -- file policy: what may be written where ----------------------------------------------------
 
-def check_writable(path: Path) -> None:
-    """A clear error before any work if ``path`` cannot be created."""
+def check_writable(path: Path, what: str = "output") -> None:
+    """A clear error before any work if ``path`` cannot be created as a file."""
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output directory {parent} is not writable")
+    try:
+        if not parent.is_dir():
+            raise UserError(f"output directory {parent} does not exist")
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+        if len((path.name + ".lock").encode()) > limit:
+            raise UserError(f"{what} file name {path.name[:40]}… is too long for its file system "
+                            f"({len(path.name.encode())} bytes; at most {limit - 5} here)")
+        if path.is_dir():
+            raise UserError(f"{what} path {path} is a directory; give a file name")
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"output directory {parent} is not writable")
+    except OSError as e:
+        raise UserError(f"{what} path {path}: {e.strerror or e}") from None
 
 
 def refuse_existing(path: Path) -> None:
@@ -338,3 +559,57 @@ def refuse_existing(path: Path) -> None:
         held = ""
     raise UserError(f"run file {path} already exists{held}; continue it with --resume {path}, "
                     "or replace it with --overwrite")
+
+
+def refuse_aliases(out: Path | None, metrics: Path | None) -> None:
+    """The metrics file may be neither the run file nor any HDF5 file (it would be truncated)."""
+    if metrics is None:
+        return
+    check_writable(metrics, "--metrics")
+    if out is not None and (metrics.resolve() == out.resolve() or (
+            metrics.exists() and out.exists() and metrics.samefile(out))):
+        raise UserError(f"--metrics {metrics} is the run file itself; give a .jsonl path")
+    if metrics.exists() and h5py.is_hdf5(metrics):
+        raise UserError(f"--metrics {metrics} is an HDF5 file (a run file?); it would be "
+                        "overwritten — give a .jsonl path")
+
+
+class RunLock:
+    """The one writer of a run file: an exclusive flock on ``RUN.h5.lock`` that names its
+    holder (pid and host). Taken before the run file is checked or created, so that a check
+    and the create that follows it cannot interleave with another process's."""
+
+    def __init__(self, run_path: Path):
+        self.run_path = Path(run_path)
+        self.path = self.run_path.with_name(self.run_path.name + ".lock")
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise UserError(f"cannot lock {self.path}: {e.strerror}") from None
+                raise UserError(f"run file {self.run_path} is being written by {holder} "
+                                f"(lock {self.path}); wait for it to end or stop it") from None
+            try:  # a holder that was releasing may have unlinked what we locked: lock anew
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: the next taker checks the inode
+            os.close(self.fd)
+            self.fd = None

@@ -13,6 +13,7 @@ it (comm.agree_to_stop) so that all stop after the same step (docs/design.md, "P
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -32,8 +33,8 @@ from .methods.build import build_method
 from .models import FlatParameters, buffers_vector, build_model, load_buffers
 from .partition import share
 from .recorder import Recorder, StepStats
-from .resume import ResumePoint, resume_point
-from .runlog import RunFile, check_writable, refuse_existing
+from .resume import ResumePoint, check_resume, resume_point
+from .runlog import RunFile, RunLock, check_writable, refuse_aliases, refuse_existing
 from .seeds import Stream, derive_seed, torch_generator
 from .svrg import Anchor, anchor_share
 
@@ -210,14 +211,34 @@ def evaluate_epoch(s: Session) -> dict:
     return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
 
 
-def check_outputs(out: str | None, metrics_path: str | None, resume: bool, overwrite: bool) -> None:
-    """Rank 0, before any work: outputs can be written, and a new run replaces no run file."""
+def check_outputs(cfg: TrainConfig, world_size: int, out: str | None, metrics_path: str | None,
+                  resume: bool, overwrite: bool) -> None:
+    """Rank 0, before any work (and holding the run file's lock): outputs can be written and
+    do not alias, a new run replaces no run file, a resume would continue its run bitwise."""
     if out is not None:
-        check_writable(Path(out))
+        check_writable(Path(out), "--out")
         if not resume and not overwrite:
             refuse_existing(Path(out))
-    if metrics_path:
-        check_writable(Path(metrics_path))
+    refuse_aliases(Path(out) if out is not None else None,
+                   Path(metrics_path) if metrics_path is not None else None)
+    if resume:
+        if out is None:
+            raise UserError("a resume needs the run file it continues")
+        with RunFile(out) as run:
+            check_resume(run, cfg, world_size)
+
+
+def on_root(comm, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 only; its UserError is raised on every rank (so all exit 2)."""
+    error = None
+    if comm.rank == 0:
+        try:
+            check()
+        except UserError as e:
+            error = str(e)
+    error = comm.broadcast_object(error)
+    if error is not None:
+        raise UserError(error)
 
 
 def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
@@ -225,9 +246,22 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
           should_stop: Callable[[], bool] | None = None, overwrite: bool = False) -> dict:
     """Train per ``cfg``; returns the summary (identical θ on every rank). A new run refuses
     an existing run file unless ``overwrite``; ``resume`` continues the one at ``out``."""
+    with contextlib.ExitStack() as held:
+        def prepare() -> None:  # rank 0: one writer per run file, from here to the end
+            for flag_, path in (("--out", out), ("--metrics", metrics_path)):
+                if path is not None and not str(path).strip():
+                    raise UserError(f"{flag_} '' is empty; give a file name")
+            if out is not None:
+                check_writable(Path(out), "--out")
+                held.enter_context(RunLock(Path(out)))
+            check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite)
+        on_root(comm, prepare)
+        return _train(cfg, comm, out, metrics_path, progress, resume, should_stop)
+
+
+def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, progress: bool,
+           resume: bool, should_stop: Callable[[], bool] | None) -> dict:
     root = comm.rank == 0
-    if root:
-        check_outputs(out, metrics_path, resume, overwrite)
     s = set_up(cfg, comm)
     point = restore(s, out) if resume else None
     start = point.steps_done if point else 0
@@ -238,6 +272,7 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     comm.traffic.phase = "step"
     rec = Recorder(s, start, out if root else None, metrics_path if root else None, resume,
                    point.epoch_losses if point else [], progress and root)
+    rec.record = dict(point.last_metrics) if point else {}  # a finished run's own summary
     done = start
     for step in range(start, start if preempted else s.total):
         t0 = time.perf_counter()

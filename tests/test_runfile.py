@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_user_error, final_theta, run_cli, venv_bin, wait_for_commits
-from rbd_hpc.runlog import RunFile, RunWriter, crc32, run_attrs
+from rbd_hpc.runlog import RunFile, RunWriter, crc32, row_crc, run_attrs
 
 pytestmark = pytest.mark.timeout(600)
 TINY = ["--val-size", "64", "--batch-size", "32", "--threads", "1", "--no-progress"]
@@ -129,7 +129,8 @@ def test_a_changed_coefficient_is_caught(rbd_run, tmp_path):
     assert "coefficients of step 17 fail their checksum" in proc.stderr
     # a forger who also fixes the checksum is caught by the snapshots
     with h5py.File(bad, "r+") as f:
-        f["steps/crc32"][17] = crc32(f["steps/coefficients"][17])
+        s = f["steps"]
+        s["crc32"][17] = row_crc(s["step"][17], s["lr"][17], s["loss"][17], s["coefficients"][17])
     proc = run_cli("replay", bad, "--verify")
     assert proc.returncode == 1
     assert "step 10: bitwise equal" in proc.stdout and "step 20: MISMATCH" in proc.stdout
@@ -138,7 +139,8 @@ def test_a_changed_coefficient_is_caught(rbd_run, tmp_path):
 def test_a_run_file_is_the_size_of_what_it_holds(tmp_path):
     """Rows committed a few at a time (as every 0.5 s in training) do not leave dead space."""
     path, d, rows = tmp_path / "grow.h5", 250, 3000
-    attrs = run_attrs("{}", 0, 1, "shared", "rbd", "cpu", {}, {}, d, True)
+    layout = {"names": ["w"], "shapes": [[1000]], "offsets": [0, 1000], "compartments": []}
+    attrs = run_attrs("{}", 0, 1, "shared", "rbd", "cpu", layout, {}, d, True)
     writer = RunWriter(path, attrs, np.zeros(1000, np.float32), d, 0, 0)
     coefficients = np.random.default_rng(0).standard_normal((rows, d)).astype(np.float32)
     for t in range(rows):
