@@ -14,7 +14,7 @@ from .comm import create_communicator, install_abort_handler
 from .compartments import segments
 from .config import FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag
 from .data import SHAPES
-from .errors import UserError, require_choice, require_positive
+from .errors import AgreedError, UserError, require_choice
 from .inspect_run import describe, describe_epochs
 from .models import MODELS
 from .plot import plot
@@ -292,6 +292,10 @@ def _main(argv=None) -> int:
                 print(path)
             return 0
         return cmd_bench(args)
+    except AgreedError as e:  # every rank has it: one line from rank 0, a clean exit everywhere
+        if comm is None or comm.rank == 0:
+            print(f"rbd-hpc: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     except UserError as e:
         rank = f"[rank {comm.rank}] " if comm is not None and comm.size > 1 else ""
         print(f"rbd-hpc: error: {rank}{e}", file=sys.stderr, flush=True)

@@ -5,6 +5,11 @@ class UserError(Exception):
     """Bad input: a value and what would be valid. Never shown with a traceback."""
 
 
+class AgreedError(UserError):
+    """A UserError that every rank raises at the same point (rank 0 found it and broadcast
+    it): rank 0 alone reports it and every rank exits with code 2, no MPI_Abort needed."""
+
+
 def choice_error(flag: str, value, valid) -> UserError:
     """The one wording for a value outside a set: the value and every valid one."""
     return UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(valid))

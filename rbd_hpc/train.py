@@ -27,7 +27,7 @@ from torch import nn
 from .comm import agree_to_stop, average, check_divergence
 from .config import TrainConfig
 from .data import BatchStream, Dataset, Split, load_dataset, to_tensor
-from .errors import UserError
+from .errors import AgreedError, UserError
 from .methods import Method
 from .methods.build import build_method
 from .models import FlatParameters, buffers_vector, build_model, load_buffers
@@ -238,7 +238,7 @@ def on_root(comm, check: Callable[[], None]) -> None:
             error = str(e)
     error = comm.broadcast_object(error)
     if error is not None:
-        raise UserError(error)
+        raise AgreedError(error)
 
 
 def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
