@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import tomllib
+from pathlib import Path
 
 import torch
 
@@ -12,7 +15,8 @@ from .bases import BasisConfig
 from .bench import format_table, memory_ratio, replay_ratio, run_bench
 from .comm import create_communicator, install_abort_handler
 from .compartments import segments
-from .config import FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag
+from . import __version__
+from .config import FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag, preset_fields
 from .data import SHAPES
 from .errors import AgreedError, UserError, require_choice
 from .inspect_run import describe, describe_epochs
@@ -23,7 +27,7 @@ from .replay import replay_to, save_weights, verify
 from .resume import resumed_config
 from . import runlog
 from .runlog import RunFile
-from .train import train
+from .train import dry_run, train
 
 EXIT_USER_ERROR = 2
 
@@ -49,6 +53,7 @@ def _float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="rbd-hpc", description="Random Bases Descent on HPC clusters")
+    p.add_argument("--version", action="version", version=f"rbd-hpc {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
 
@@ -61,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    t.add_argument("--config-json", help="the full config as JSON (as stored in a run file); "
-                   "other options override it")
+    t.add_argument("--config", metavar="FILE", help="config fields from a TOML or JSON file "
+                   "(a preset, then the file, then the other options, each overriding the last)")
+    t.add_argument("--config-json", help="config fields as a JSON string (as stored in a run "
+                   "file); the same as --config")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the merged config as JSON (usable as --config FILE) and exit")
+    t.add_argument("--dry-run", action="store_true", help="check the config, the outputs, the "
+                   "data, the model and the world size; train nothing")
 
     m = sub.add_parser("mpi-check", help="print this rank and the world size; fail if the world "
                        "is smaller than the Slurm step promises")
@@ -132,9 +143,32 @@ def config_overrides(args) -> dict:
             if f.metadata["cli"] and getattr(args, f.name) is not None}
 
 
+def config_fields(args) -> tuple[dict, str]:
+    """The fields of --config FILE (TOML or JSON) or --config-json TEXT, and their source."""
+    if args.config is not None and args.config_json is not None:
+        raise UserError("--config and --config-json both give config fields; give one of them")
+    if args.config_json is not None:
+        source, text, toml = "--config-json", args.config_json, False
+    elif args.config is not None:
+        source, toml = f"config file {args.config}", args.config.endswith(".toml")
+        try:
+            text = Path(args.config).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {source}: {getattr(e, 'strerror', None) or e}") from None
+    else:
+        return {}, "options"
+    try:
+        fields = tomllib.loads(text) if toml else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{source} is not valid {'TOML' if toml else 'JSON'}: {e}") from None
+    if not isinstance(fields, dict):
+        raise UserError(f"{source} must be a JSON object of config fields")
+    return fields, source
+
+
 def train_config(args, comm) -> tuple[TrainConfig, str | None]:
-    """The config of ``rbd-hpc train`` and its run file: a resume's stored config, a
-    --config-json, or a preset; each with the command line's options on top."""
+    """The config of ``rbd-hpc train`` and its run file: a resume's stored config, or a
+    preset, then --config / --config-json, then the command line's options on top."""
     overrides = config_overrides(args)
     for name, value in overrides.items():  # each value on its own first, then how they combine
         check_option(name, value)
@@ -154,22 +188,29 @@ def train_config(args, comm) -> tuple[TrainConfig, str | None]:
         if kind == "error":
             raise UserError(text)
         return TrainConfig.from_json(text), args.resume
-    if args.config_json:
-        try:
-            fields = json.loads(args.config_json)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--config-json is not valid JSON: {e}") from None
-        if not isinstance(fields, dict):
-            raise UserError("--config-json must be a JSON object of config fields")
-        if "epochs" in overrides:  # --epochs replaces the JSON's run length, whichever it was
-            fields["steps"] = None
-        return TrainConfig.from_dict({**fields, **overrides}, "--config-json"), args.out
-    return TrainConfig.from_preset("fc-fmnist" if args.preset is None else args.preset,
-                                   **overrides), args.out
+    fields, source = config_fields(args)
+    preset = args.preset if args.preset is not None else fields.get("preset", "fc-fmnist")
+    require_choice("--preset", preset, tuple(PRESETS))
+    merged = {**preset_fields(preset), **fields}
+    if args.preset is not None:  # the flag outranks the file
+        merged.update(preset_fields(args.preset))
+    if "epochs" in overrides:  # --epochs replaces the file's run length, whichever it was
+        merged["steps"] = None
+    return TrainConfig.from_dict({**merged, **overrides}, source), args.out
 
 
 def cmd_train(args, comm) -> int:
     cfg, out = train_config(args, comm)
+    if args.print_config:
+        if comm.rank == 0:
+            print(json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True), flush=True)
+        return 0
+    if args.dry_run:
+        report = dry_run(cfg, comm, out=out, metrics_path=args.metrics, resume=bool(args.resume),
+                         overwrite=args.overwrite)
+        if comm.rank == 0:
+            print(report, flush=True)
+        return 0
     with StopRequest() as stop:  # the preemption protocol: preemption.py
         summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
                         resume=bool(args.resume), should_stop=stop, overwrite=args.overwrite)

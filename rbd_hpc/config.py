@@ -54,6 +54,13 @@ PRESETS = {
 }
 
 
+def preset_fields(preset: str) -> dict:
+    """The fields a preset sets: model, data set, d and its own name."""
+    require_choice("--preset", preset, tuple(PRESETS))
+    model, dataset, d = PRESETS[preset]
+    return {"model": model, "dataset": dataset, "d": d, "preset": preset}
+
+
 def base_lr(model: str, dataset: str, method: str) -> float:
     rates = BASE_LR.get((model, dataset), BASE_LR[("cnn", dataset)] if model != "fc"
                         else BASE_LR[("fc", dataset)])
@@ -199,9 +206,7 @@ class TrainConfig:
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> "TrainConfig":
         """The preset's model, data set and d, then ``overrides`` (None values are skipped)."""
-        require_choice("--preset", preset, tuple(PRESETS))
-        model, dataset, d = PRESETS[preset]
-        fields = {"model": model, "dataset": dataset, "d": d, "preset": preset}
+        fields = preset_fields(preset)
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(fields, "preset overrides")
 

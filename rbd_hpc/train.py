@@ -259,6 +259,21 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
         return _train(cfg, comm, out, metrics_path, progress, resume, should_stop)
 
 
+def dry_run(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
+            resume: bool = False, overwrite: bool = False) -> str:
+    """Everything ``train`` checks before its first step, with nothing written: the outputs
+    (and a resume's run file), the data, the model, the method and the world size."""
+    on_root(comm, lambda: check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite))
+    s = set_up(cfg, comm)
+    if resume:
+        restore(s, out)
+    return (f"dry run OK: {cfg.method} {cfg.model}-{cfg.dataset}, D = {s.flat.dim:,}, "
+            f"{s.method.n_coefficients} coefficients per step, {s.total} steps "
+            f"({s.stream.steps_per_epoch} per epoch), {comm.size} rank(s), "
+            f"{len(s.data.train.y)}/{len(s.data.val.y)}/{len(s.data.test.y)} train/val/test "
+            "samples; nothing written")
+
+
 def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, progress: bool,
            resume: bool, should_stop: Callable[[], bool] | None) -> dict:
     root = comm.rank == 0

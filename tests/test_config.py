@@ -164,3 +164,49 @@ def test_design_doc_is_where_the_docstrings_point():
         assert "DESIGN.md" not in text, path
         cited.update(int(n) for n in re.findall(r"design\.md, invariant (\d)", text))
     assert cited and all(f"\n{n}. **" in design for n in cited)
+
+
+# -- one configuration mechanism: a file, the merged view, a dry run -------------------------------
+
+def test_a_config_file_merges_under_the_flags_and_prints(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "cnn-fmnist"\nlr = 0.5\ndist = "srht"\nsteps = 100\n')
+    proc = run_cli("train", "--config", toml, "--lr", "0.1", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads(proc.stdout)
+    # the preset's model, then the file, then the flags
+    assert (merged["model"], merged["d"], merged["dist"], merged["steps"], merged["lr"]) == (
+        "cnn", 250, "srht", 100, 0.1)
+    again = tmp_path / "merged.json"  # what --print-config shows is a config file itself
+    again.write_text(proc.stdout)
+    proc = run_cli("train", "--config", again, "--print-config")
+    assert json.loads(proc.stdout) == merged
+    proc = run_cli("train", "--config", toml, "--preset", "fc-fmnist", "--print-config")
+    assert json.loads(proc.stdout)["model"] == "fc"  # the --preset flag outranks the file
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("lr = \n", "is not valid TOML: Invalid value (at line 1, column 6)"),
+    ("lrr = 1\n", "has unknown key(s) ['lrr']; valid: model, dataset"),
+    ('d = "many"\n', "--d 'many' must be an integer"),
+    ('preset = "vgg"\n', "--preset 'vgg' is not valid"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, text, fragment):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    assert_user_error(run_cli("train", "--config", bad, "--print-config"), fragment)
+    assert_user_error(run_cli("train", "--config", tmp_path / "none.toml"), "cannot read config file")
+    assert_user_error(run_cli("train", "--config", bad, "--config-json", "{}"), "give one of them")
+
+
+def test_a_dry_run_checks_everything_and_writes_nothing(idx_dir, tmp_path):
+    out = tmp_path / "new.h5"
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "7", "--d", "12",
+                   "--dry-run", "--out", out, "--metrics", tmp_path / "m.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run OK: rbd fc-fmnist, D = 101,770, 12 coefficients per step, 7 steps" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert_user_error(run_cli("train", "--data-dir", tmp_path / "nowhere", "--dry-run"),
+                      "does not exist")
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("rbd-hpc 0.")
