@@ -5,10 +5,19 @@ Methods and the trainer receive a communicator as an argument. ``SingleProcess``
 no MPI at all; ``MPIComm`` wraps ``MPI.COMM_WORLD``; ``ThreadComm`` runs R ranks as threads of
 one process (the same collectives, no MPI), so multi-rank logic is testable without mpiexec.
 
-Reductions are deterministic: ``allreduce_mean`` gathers every rank's vector and sums
-in rank order on every rank, so all ranks get bitwise-identical results whatever
-algorithm the MPI library picks (docs/design.md, invariant 4). For d floats this costs what an
-allreduce costs; the bytes handed to MPI are the 4·d of the send buffer.
+The reduction (``allreduce_mean``, ``allreduce_sum_np``) is MPI_Reduce to rank 0 followed by
+MPI_Bcast of rank 0's result. Why not MPI_Allreduce on floats: the MPI standard does not promise
+that every rank gets the same bits from it (an algorithm may sum in a different order on
+different ranks), and invariant 4 needs identical θ on every rank. Reduce + Bcast gives every
+rank the root's bits by construction; the standard asks implementations for the same result
+on the same arguments in the same order, so a resume reproduces it (MPICH does). Every rank
+hands O(d) bytes to MPI whatever the rank count (the tree or ring inside MPI moves the data),
+and no Python loop over ranks remains: the old Allgather made every rank receive R·d floats.
+Cost: two collective calls per exchange instead of one. A non-finite result (a NaN or inf
+coefficient on any rank) ends the run with one line on every rank.
+
+``TrafficCounter`` counts, per phase, the bytes of the send buffers a rank hands to MPI, the
+bytes of the receive buffers MPI fills, and the collective calls.
 """
 from __future__ import annotations
 
@@ -22,18 +31,26 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import AgreedError, UserError
 
 
 class TrafficCounter:
-    """Bytes handed to MPI at the communicator boundary, by phase ("step", "setup", "eval")."""
+    """Per phase ("setup", "step", "control", "eval"): ``bytes`` sent (send buffers handed to
+    MPI), ``received`` (receive buffers MPI filled) and collective ``calls``."""
 
     def __init__(self):
         self.phase = "setup"
         self.bytes: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
 
-    def add(self, n: int) -> None:
-        self.bytes[self.phase] = self.bytes.get(self.phase, 0) + int(n)
+    def add(self, sent: int, received: int = 0, calls: int = 1) -> None:
+        for table, n in ((self.bytes, sent), (self.received, received), (self.calls, calls)):
+            table[self.phase] = table.get(self.phase, 0) + int(n)
+
+    def totals(self, phase: str) -> tuple[int, int, int]:
+        """(sent, received, calls) so far in ``phase``."""
+        return (self.bytes.get(phase, 0), self.received.get(phase, 0), self.calls.get(phase, 0))
 
     @contextlib.contextmanager
     def during(self, phase: str):
@@ -94,32 +111,40 @@ class MPIComm:
         if self.size == 1:
             self.traffic.add(x.numel() * x.element_size())
             return x
-        table = self.allgather(x)
-        total = table[0].clone()
-        for r in range(1, self.size):  # fixed rank order: bitwise identical on every rank
-            total += table[r]
-        return total / self.size
+        send = np.ascontiguousarray(x.detach().cpu().numpy())
+        out = self._reduce_bcast(send, divide=True)
+        return torch.from_numpy(out).to(x.device)
 
     def allreduce_sum_np(self, x: np.ndarray) -> np.ndarray:
         send = np.ascontiguousarray(x)
-        self.traffic.add(send.nbytes)
-        table = np.empty((self.size,) + send.shape, dtype=send.dtype)
-        self.comm.Allgather(send, table)
-        total = table[0].copy()
-        for r in range(1, self.size):
-            total += table[r]
-        return total
+        if self.size == 1:
+            self.traffic.add(send.nbytes)
+            return send.copy()
+        return self._reduce_bcast(send, divide=False)
+
+    def _reduce_bcast(self, send: np.ndarray, divide: bool) -> np.ndarray:
+        """Σ_r send_r (÷ R) computed once on rank 0, then rank 0's bits on every rank."""
+        out = np.empty_like(send)
+        self.comm.Reduce(send, out, op=self.MPI.SUM, root=0)
+        if self.rank == 0 and divide:
+            out /= send.dtype.type(self.size)
+        self.comm.Bcast(out, root=0)
+        n = send.nbytes
+        # rank 0: its contribution and the broadcast; the others: a contribution and the result
+        self.traffic.add(2 * n if self.rank == 0 else n, n, calls=2)
+        return require_finite(out)
 
     def allgather(self, x: torch.Tensor) -> torch.Tensor:
         send = np.ascontiguousarray(x.detach().cpu().numpy())
-        self.traffic.add(send.nbytes)
+        self.traffic.add(send.nbytes, send.nbytes * (self.size - 1))
         table = np.empty((self.size,) + send.shape, dtype=send.dtype)
         self.comm.Allgather(send, table)
         return torch.from_numpy(table).to(x.device)
 
     def broadcast(self, x: torch.Tensor, root: int = 0) -> torch.Tensor:
         buf = np.ascontiguousarray(x.detach().cpu().numpy())
-        self.traffic.add(buf.nbytes)
+        self.traffic.add(buf.nbytes if self.rank == root else 0,
+                         0 if self.rank == root else buf.nbytes)
         self.comm.Bcast(buf, root=root)
         return torch.from_numpy(buf).to(x.device)
 
@@ -151,26 +176,32 @@ class ThreadComm:
         return table
 
     def allreduce_mean(self, x: torch.Tensor) -> torch.Tensor:
-        table = self.allgather(x)
-        total = table[0].clone()
-        for r in range(1, self.size):
-            total += table[r]
-        return total / self.size
+        send = np.ascontiguousarray(x.detach().cpu().numpy())
+        return torch.from_numpy(self._reduce_bcast(send, divide=True)).to(x.device)
 
     def allreduce_sum_np(self, x: np.ndarray) -> np.ndarray:
-        self.traffic.add(x.nbytes)
-        table = self._exchange(np.array(x, copy=True))
+        return self._reduce_bcast(np.ascontiguousarray(x), divide=False)
+
+    def _reduce_bcast(self, send: np.ndarray, divide: bool) -> np.ndarray:
+        """MPIComm's reduce-then-broadcast, summed in rank order on "rank 0"."""
+        table = self._exchange(send.copy())
         total = table[0].copy()
         for r in range(1, self.size):
             total += table[r]
-        return total
+        if divide:
+            total /= send.dtype.type(self.size)
+        n = send.nbytes
+        self.traffic.add(2 * n if self.rank == 0 else n, n, calls=2)
+        return require_finite(total)
 
     def allgather(self, x: torch.Tensor) -> torch.Tensor:
-        self.traffic.add(x.numel() * x.element_size())
+        n = x.numel() * x.element_size()
+        self.traffic.add(n, n * (self.size - 1))
         return torch.stack([t.to(x.device) for t in self._exchange(x.detach().cpu().clone())])
 
     def broadcast(self, x: torch.Tensor, root: int = 0) -> torch.Tensor:
-        self.traffic.add(x.numel() * x.element_size())
+        n = x.numel() * x.element_size()
+        self.traffic.add(n if self.rank == root else 0, 0 if self.rank == root else n)
         return self._exchange(x.detach().cpu().clone())[root].to(x.device)
 
     def broadcast_object(self, obj, root: int = 0):
@@ -179,6 +210,15 @@ class ThreadComm:
     def abort(self, code: int = 1) -> None:
         self._shared["barrier"].abort()
         raise SystemExit(code)
+
+
+def require_finite(values: np.ndarray) -> np.ndarray:
+    """A reduced vector holds the same bits on every rank, so every rank stops here alike."""
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise AgreedError(f"the ranks' averaged coefficients (or gradient) hold {values[bad]} at "
+                          f"index {bad}; the run diverged — lower --lr")
+    return values
 
 
 def run_threaded(size: int, fn: Callable[[object], object]) -> list:

@@ -103,7 +103,7 @@ class Recorder:
         self.run = run
         self.epoch_losses, self.epoch_ms, self.epoch_cos = list(epoch_losses), [], []
         self.start = start
-        self.step_bytes0 = run.comm.traffic.bytes.get("step", 0)
+        self.step_traffic0 = run.comm.traffic.totals("step")
         self.last_commit = time.monotonic()
         self.record: dict = {}
         self.writer = self._open_writer(out, resume) if out else None
@@ -169,9 +169,11 @@ class Recorder:
             "step": done, "train_loss": statistics.fmean(self.epoch_losses), **scores,
             "ms_per_step": statistics.median(self.epoch_ms),
             "cos_grad": statistics.fmean(self.epoch_cos),
-            "bytes_per_step": ((self.run.comm.traffic.bytes.get("step", 0) - self.step_bytes0)
-                               / max(steps_here, 1)),
         }
+        now = self.run.comm.traffic.totals("step")  # this rank's (rank 0's): sent, received, calls
+        for key, a, b in zip(("bytes_per_step", "recv_bytes_per_step", "calls_per_step"),
+                             now, self.step_traffic0):
+            self.record[key] = (a - b) / max(steps_here, 1)
         self.epoch_losses, self.epoch_ms, self.epoch_cos = [], [], []
         if self.writer is not None:
             self.writer.commit(metrics=[float(self.record[c]) for c in METRIC_COLUMNS])

@@ -315,4 +315,6 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
             break
     rec.close()
     return {**rec.record, "steps_done": done, "total_steps": s.total, "preempted": preempted,
-            "theta": s.flat.theta, "method": cfg.method, "traffic": dict(comm.traffic.bytes)}
+            "theta": s.flat.theta, "method": cfg.method, "traffic": dict(comm.traffic.bytes),
+            "traffic_received": dict(comm.traffic.received),
+            "traffic_calls": dict(comm.traffic.calls)}

@@ -307,10 +307,12 @@ def test_shared_mode_on_two_ranks_averages_the_coefficients():
         m = RandomBasesDescent(comps, Basis(BasisConfig("rademacher"), 2), comm, chunk_size=4)
         theta = torch.zeros(D)
         c = m.step(theta, grads[comm.rank], 0, 0.5).coefficients
-        return theta, c, comm.traffic.bytes
-    (t0, c0, bytes0), (t1, c1, _) = run_threaded(2, on_rank)
+        return theta, c, comm.traffic.totals("setup")
+    (t0, c0, traffic0), (t1, c1, traffic1) = run_threaded(2, on_rank)
     assert torch.equal(t0, t1) and torch.equal(c0, c1)
-    assert bytes0 == {"setup": 4 * 10}  # d floats per step, nothing else
+    # (sent, received, calls): d floats in, d floats back, a reduce and a broadcast for each
+    # of the 3 chunks (4 + 4 + 2 directions); the root (rank 0) also sends the broadcast
+    assert traffic0 == (2 * 4 * 10, 4 * 10, 6) and traffic1 == (4 * 10, 4 * 10, 6)
     ref, c_ref = reference_rbd_step(torch.zeros(D), (grads[0] + grads[1]).double() / 2, basis,
                                     comps, 0, 0.5, [10])
     assert torch.allclose(c0.double(), c_ref, atol=1e-5)

@@ -53,7 +53,9 @@ def test_momentum_keeps_ranks_identical_sends_d_floats_and_replays(mode, idx_dir
     out = tmp_path / "mom.h5"
     last = train_mpi(2, out, idx_dir, "--steps", "12", "--mode", mode, "--check-every", "1",
                      "--momentum", "0.9", "--lr", "0.05", "--snapshot-every", "5")
-    assert last["bytes_per_step"] == 4 * 20  # the velocity is never exchanged
+    # the velocity is never exchanged: rank 0 hands over its d coefficients (and, as the root
+    # of shared mode's reduction, broadcasts the d averaged ones); per-rank mode gathers them
+    assert last["bytes_per_step"] == {"shared": 2 * 4 * 20, "per-rank": 4 * 20}[mode]
     proc = run_cli("replay", out, "--verify")
     assert "verify: OK over 12 steps, 4 snapshots, max |diff| 0" in proc.stdout, proc.stdout
 
@@ -96,15 +98,31 @@ def test_per_rank_bases_equal_single_process_with_r_times_d(ranks, idx_dir, tmp_
     np.testing.assert_allclose(final_theta(per_rank), final_theta(single), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_bytes_per_step_are_exactly_4d_in_shared_mode(ranks, idx_dir, tmp_path):
-    last = train_mpi(ranks, tmp_path / "run.h5", idx_dir, "--steps", "8", "--d", "250")
-    assert last["bytes_per_step"] == 1000
+@pytest.mark.parametrize("ranks", [1, 2, 4, 8])
+def test_step_traffic_per_rank_does_not_grow_with_ranks_in_shared_mode(ranks, idx_dir, tmp_path):
+    """Rank 0's bytes sent and received and collective calls per step, counted at the MPI
+    boundary: one reduce of the d coefficients to rank 0 and one broadcast of their mean,
+    whatever R is (the allgather before made each rank receive 4·d·(R−1) bytes)."""
+    last = train_mpi(ranks, tmp_path / "run.h5", idx_dir, "--steps", "8", "--d", "250",
+                     "--dist", "srht", "--batch-size", "32", "--check-every", "4")
+    if ranks == 1:
+        expected = (1000, 0, 1)
+    else:
+        expected = (2 * 1000, 1000, 2)   # sent: its 250 floats and the broadcast; received: the mean
+    assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == expected
+
+
+def test_dense_directions_exchange_once_per_chunk(idx_dir, tmp_path):
+    last = train_mpi(2, tmp_path / "run.h5", idx_dir, "--steps", "4", "--d", "250")
+    # gaussian in chunks of 50: five reduce + broadcast pairs, the same 1000 bytes in all
+    assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == (
+        2000, 1000, 10)
 
 
 def test_per_rank_mode_sends_own_d_floats(idx_dir, tmp_path):
     last = train_mpi(2, tmp_path / "run.h5", idx_dir, "--steps", "8", "--mode", "per-rank", "--d", "25")
     assert last["bytes_per_step"] == 100  # each rank hands its own 25 coefficients to MPI
+    assert last["recv_bytes_per_step"] == 100 and last["calls_per_step"] == 1  # and gets 25 back
 
 
 def test_only_rank_zero_writes(idx_dir, tmp_path):
