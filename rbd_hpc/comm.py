@@ -26,6 +26,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -43,6 +44,10 @@ class TrafficCounter:
         self.bytes: dict[str, int] = {}
         self.received: dict[str, int] = {}
         self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}  # wall time inside MPI calls
+
+    def timed(self, seconds: float) -> None:
+        self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + seconds
 
     def add(self, sent: int, received: int = 0, calls: int = 1) -> None:
         for table, n in ((self.bytes, sent), (self.received, received), (self.calls, calls)):
@@ -125,10 +130,12 @@ class MPIComm:
     def _reduce_bcast(self, send: np.ndarray, divide: bool) -> np.ndarray:
         """Σ_r send_r (÷ R) computed once on rank 0, then rank 0's bits on every rank."""
         out = np.empty_like(send)
+        t0 = time.perf_counter()
         self.comm.Reduce(send, out, op=self.MPI.SUM, root=0)
         if self.rank == 0 and divide:
             out /= send.dtype.type(self.size)
         self.comm.Bcast(out, root=0)
+        self.traffic.timed(time.perf_counter() - t0)
         n = send.nbytes
         # rank 0: its contribution and the broadcast; the others: a contribution and the result
         self.traffic.add(2 * n if self.rank == 0 else n, n, calls=2)
@@ -138,7 +145,9 @@ class MPIComm:
         send = np.ascontiguousarray(x.detach().cpu().numpy())
         self.traffic.add(send.nbytes, send.nbytes * (self.size - 1))
         table = np.empty((self.size,) + send.shape, dtype=send.dtype)
+        t0 = time.perf_counter()
         self.comm.Allgather(send, table)
+        self.traffic.timed(time.perf_counter() - t0)
         return torch.from_numpy(table).to(x.device)
 
     def broadcast(self, x: torch.Tensor, root: int = 0) -> torch.Tensor:

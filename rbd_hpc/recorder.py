@@ -35,6 +35,7 @@ class StepStats:
     cos_grad: float   # cosine between the applied step and the gradient
     ms: float
     result: StepResult
+    phases_ms: dict = dataclasses.field(default_factory=dict)  # where the step's time went
 
 
 class Progress:
@@ -102,6 +103,7 @@ class Recorder:
                  resume: bool, epoch_losses: list[float], progress: bool):
         self.run = run
         self.epoch_losses, self.epoch_ms, self.epoch_cos = list(epoch_losses), [], []
+        self.epoch_phases: dict[str, list[float]] = {}
         self.start = start
         self.step_traffic0 = run.comm.traffic.totals("step")
         self.last_commit = time.monotonic()
@@ -147,6 +149,8 @@ class Recorder:
 
     def add(self, step: int, stats: StepStats) -> None:
         self.epoch_ms.append(stats.ms)
+        for phase, ms in stats.phases_ms.items():
+            self.epoch_phases.setdefault(phase, []).append(ms)
         self.epoch_losses.append(stats.loss)
         self.epoch_cos.append(stats.cos_grad)
         if self.writer is not None:
@@ -168,6 +172,7 @@ class Recorder:
             "epoch": round(done / self.run.stream.steps_per_epoch, 4),
             "step": done, "train_loss": statistics.fmean(self.epoch_losses), **scores,
             "ms_per_step": statistics.median(self.epoch_ms),
+            **{f"ms_{phase}": statistics.median(v) for phase, v in self.epoch_phases.items()},
             "cos_grad": statistics.fmean(self.epoch_cos),
         }
         now = self.run.comm.traffic.totals("step")  # this rank's (rank 0's): sent, received, calls
@@ -175,6 +180,7 @@ class Recorder:
                              now, self.step_traffic0):
             self.record[key] = (a - b) / max(steps_here, 1)
         self.epoch_losses, self.epoch_ms, self.epoch_cos = [], [], []
+        self.epoch_phases = {}
         if self.writer is not None:
             self.writer.commit(metrics=[float(self.record[c]) for c in METRIC_COLUMNS])
         if self.metrics:

@@ -163,10 +163,17 @@ def take_step(s: Session, step: int, t0: float) -> StepStats:
     projected = grad if s.anchor is None else s.anchor.correct(grad, x, y)
     lr = learning_rate(s.cfg, step, s.total)
     before = s.flat.theta.clone()
+    t1, mpi0 = time.perf_counter(), s.comm.traffic.seconds.get("step", 0.0)
     result = s.method.step(s.flat.theta, projected, step, lr, loss_at=loss_probe(s, x, y))
+    t2, mpi = time.perf_counter(), s.comm.traffic.seconds.get("step", 0.0) - mpi0
     delta = before.sub_(s.flat.theta)
     cos = float(torch.nn.functional.cosine_similarity(delta, grad, dim=0, eps=1e-30))
-    return StepStats(lr, float(loss.detach()), cos, (time.perf_counter() - t0) * 1e3, result)
+    # batch, forward, backward (and the SVRG anchor's); the method less its MPI time; MPI.
+    # ("bookkeeping", added by the loop: the row, commits, the stop agreement, the progress bar)
+    phases = {"forward_backward": (t1 - t0) * 1e3, "method": (t2 - t1 - mpi) * 1e3,
+              "exchange": mpi * 1e3}
+    return StepStats(lr, float(loss.detach()), cos, (time.perf_counter() - t0) * 1e3, result,
+                     phases)
 
 
 def anchor_pass(s: Session, theta_anchor: torch.Tensor, at: int,
@@ -297,6 +304,7 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
             rec.commit_snapshot(step)
             break
         stats = take_step(s, step, t0)
+        t_rec = time.perf_counter()
         rec.add(step, stats)
         if not math.isfinite(stats.loss):
             raise UserError(f"loss became {stats.loss} at step {step}; lower --lr (now {cfg.lr})")
@@ -308,6 +316,7 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
         epoch_end = done % s.stream.steps_per_epoch == 0 or done == s.total
         snapshot_due = done % cfg.snapshot_every == 0 or done == s.total or stop_now
         rec.commit_due(done, snapshot_due, epoch_end, stats.loss)
+        rec.epoch_phases.setdefault("bookkeeping", []).append((time.perf_counter() - t_rec) * 1e3)
         if epoch_end:
             rec.epoch(done, evaluate_epoch(s))
         if stop_now:

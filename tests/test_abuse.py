@@ -21,7 +21,7 @@ from conftest import (ROOT, assert_user_error, final_theta, run_cli, synthetic_i
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
 from rbd_hpc.launch import Cluster, submit
-from rbd_hpc.runlog import RunFile, header_crc, row_crc, snapshot_crc
+from rbd_hpc.runlog import RunFile, header_crc
 
 pytestmark = pytest.mark.timeout(600)
 TINY = ["--val-size", "64", "--threads", "1", "--no-progress"]

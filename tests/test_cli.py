@@ -84,6 +84,11 @@ def test_tiny_run_end_to_end(tmp_path, idx_dir):
     assert {"val_loss", "val_acc", "test_loss", "test_acc", "ms_per_step", "cos_grad",
             "bytes_per_step"} <= set(rows[0])
     assert rows[-1]["bytes_per_step"] == 4 * 20  # d floats per step, single process
+    assert (rows[-1]["recv_bytes_per_step"], rows[-1]["calls_per_step"]) == (0, 1)
+    # where the step's time went: the phases add up to the step (less the batch-free slack)
+    phases = [rows[-1][f"ms_{p}"] for p in ("forward_backward", "method", "exchange")]
+    assert rows[-1]["ms_exchange"] == 0 and min(phases[:2]) > 0  # no MPI in one process
+    assert sum(phases) <= rows[-1]["ms_per_step"] * 1.5 and rows[-1]["ms_bookkeeping"] >= 0
     assert 0 < rows[-1]["cos_grad"] < 1
     with h5py.File(out, "r") as f:
         assert f["steps/coefficients"].shape == (36, 20)
