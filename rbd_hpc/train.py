@@ -219,11 +219,17 @@ def evaluate_epoch(s: Session) -> dict:
 
 
 def check_outputs(cfg: TrainConfig, world_size: int, out: str | None, metrics_path: str | None,
-                  resume: bool, overwrite: bool) -> None:
-    """Rank 0, before any work (and holding the run file's lock): outputs can be written and
-    do not alias, a new run replaces no run file, a resume would continue its run bitwise."""
+                  resume: bool, overwrite: bool, lock: contextlib.ExitStack | None = None) -> None:
+    """Rank 0, before any work: outputs can be written and do not alias, a new run replaces no
+    run file, a resume would continue its run bitwise. With ``lock``, the run file's lock is
+    taken into it as soon as the path is known to be usable, before the file is looked at."""
+    for flag_, path in (("--out", out), ("--metrics", metrics_path)):
+        if path is not None and not str(path).strip():
+            raise UserError(f"{flag_} '' is empty; give a file name")
     if out is not None:
         check_writable(Path(out), "--out")
+        if lock is not None:  # one writer per run file, from here to the end of the run
+            lock.enter_context(RunLock(Path(out)))
         if not resume and not overwrite:
             refuse_existing(Path(out))
     refuse_aliases(Path(out) if out is not None else None,
@@ -254,15 +260,8 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     """Train per ``cfg``; returns the summary (identical θ on every rank). A new run refuses
     an existing run file unless ``overwrite``; ``resume`` continues the one at ``out``."""
     with contextlib.ExitStack() as held:
-        def prepare() -> None:  # rank 0: one writer per run file, from here to the end
-            for flag_, path in (("--out", out), ("--metrics", metrics_path)):
-                if path is not None and not str(path).strip():
-                    raise UserError(f"{flag_} '' is empty; give a file name")
-            if out is not None:
-                check_writable(Path(out), "--out")
-                held.enter_context(RunLock(Path(out)))
-            check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite)
-        on_root(comm, prepare)
+        on_root(comm, lambda: check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite,
+                                            lock=held))
         return _train(cfg, comm, out, metrics_path, progress, resume, should_stop)
 
 
