@@ -13,7 +13,7 @@ import torch
 
 from .bases import BasisConfig
 from .bench import format_table, memory_ratio, replay_ratio, run_bench
-from .comm import create_communicator, install_abort_handler
+from .comm import create_communicator, install_abort_handler, on_root
 from .compartments import segments
 from . import __version__
 from .config import FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag, preset_fields
@@ -178,15 +178,8 @@ def train_config(args, comm) -> tuple[TrainConfig, str | None]:
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise UserError("--resume writes to the run file it resumes; drop --out")
-        outcome = None
-        if comm.rank == 0:  # one reader; every rank gets the config or the same error
-            try:
-                outcome = ("ok", resumed_config(args.resume, overrides, args.preset).to_json())
-            except UserError as e:
-                outcome = ("error", str(e))
-        kind, text = comm.broadcast_object(outcome)
-        if kind == "error":
-            raise UserError(text)
+        # one reader; every rank gets the config or the same error
+        text = on_root(comm, lambda: resumed_config(args.resume, overrides, args.preset).to_json())
         return TrainConfig.from_json(text), args.resume
     fields, source = config_fields(args)
     preset = args.preset if args.preset is not None else fields.get("preset", "fc-fmnist")

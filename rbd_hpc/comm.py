@@ -265,6 +265,21 @@ def agree_to_stop(comm, flag: bool, done: int, every: int = 20) -> bool:
     return bool(comm.allreduce_sum_np(np.array([1.0 if flag else 0.0]))[0] > 0)
 
 
+def on_root(comm, work: Callable[[], object]):
+    """``work()`` on rank 0 only, its result broadcast to every rank. A UserError there is
+    raised on every rank as an AgreedError, so all ranks exit 2 together without MPI_Abort."""
+    outcome = None
+    if comm.rank == 0:
+        try:
+            outcome = ("ok", work())
+        except UserError as e:
+            outcome = ("error", str(e))
+    kind, value = comm.broadcast_object(outcome)
+    if kind == "error":
+        raise AgreedError(value)
+    return value
+
+
 def check_divergence(comm, theta: torch.Tensor, done: int) -> None:
     """Stop with a clear error if ranks' θ differ (16 bytes per rank, every N steps)."""
     digest = np.frombuffer(theta_digest(theta), dtype=np.uint8).astype(np.float32)

@@ -96,18 +96,21 @@ def open_metrics(path: str, resume_at: int | None):
 
 
 class Recorder:
-    """The run's record from step ``start`` on. ``out`` and ``metrics_path`` are None on every
-    rank but 0; ``epoch_losses`` are the losses already logged in the epoch ``start`` is in."""
+    """The run's record from its start or from a resume ``point`` (None for a new run): the
+    epoch losses already logged there, and its last metrics as the summary so far (a finished
+    run resumed returns its own). ``out`` and ``metrics_path`` are None on every rank but 0."""
 
-    def __init__(self, run, start: int, out: str | None, metrics_path: str | None,
-                 resume: bool, epoch_losses: list[float], progress: bool):
+    def __init__(self, run, point, out: str | None, metrics_path: str | None, progress: bool):
         self.run = run
-        self.epoch_losses, self.epoch_ms, self.epoch_cos = list(epoch_losses), [], []
+        resume = point is not None
+        start = point.steps_done if resume else 0
+        self.epoch_losses = list(point.epoch_losses) if resume else []
+        self.epoch_ms, self.epoch_cos = [], []
         self.epoch_phases: dict[str, list[float]] = {}
         self.start = start
         self.step_traffic0 = run.comm.traffic.totals("step")
         self.last_commit = time.monotonic()
-        self.record: dict = {}
+        self.record: dict = dict(point.last_metrics) if resume else {}
         self.writer = self._open_writer(out, resume) if out else None
         try:
             self.metrics = (open_metrics(metrics_path, start if resume else None)

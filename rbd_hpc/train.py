@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .comm import agree_to_stop, average, check_divergence
+from .comm import agree_to_stop, average, check_divergence, on_root
 from .config import TrainConfig
 from .data import BatchStream, Dataset, Split, load_dataset, to_tensor
-from .errors import AgreedError, UserError
+from .errors import UserError
 from .methods import Method
 from .methods.build import build_method
 from .models import FlatParameters, buffers_vector, build_model, load_buffers
@@ -121,12 +121,11 @@ def set_up(cfg: TrainConfig, comm) -> Session:
 
 def restore(s: Session, path: str) -> ResumePoint:
     """Rank 0 reads the resume point from the run file; every rank receives it once."""
-    point = None
-    if s.comm.rank == 0:
+    def read() -> ResumePoint:
         with RunFile(path) as run:
-            point = resume_point(run, s.method, s.has_buffers, s.stream.steps_per_epoch,
-                                 s.cfg.svrg_every)
-    point = s.comm.broadcast_object(point)
+            return resume_point(run, s.method, s.has_buffers, s.stream.steps_per_epoch,
+                                s.cfg.svrg_every)
+    point = on_root(s.comm, read)
     s.flat.theta.copy_(torch.from_numpy(point.theta))
     if point.buffers.size:
         load_buffers(s.model, point.buffers)
@@ -241,19 +240,6 @@ def check_outputs(cfg: TrainConfig, world_size: int, out: str | None, metrics_pa
             check_resume(run, cfg, world_size)
 
 
-def on_root(comm, check: Callable[[], None]) -> None:
-    """Run ``check`` on rank 0 only; its UserError is raised on every rank (so all exit 2)."""
-    error = None
-    if comm.rank == 0:
-        try:
-            check()
-        except UserError as e:
-            error = str(e)
-    error = comm.broadcast_object(error)
-    if error is not None:
-        raise AgreedError(error)
-
-
 def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
           progress: bool = True, resume: bool = False,
           should_stop: Callable[[], bool] | None = None, overwrite: bool = False) -> dict:
@@ -291,9 +277,8 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
         preempted = not anchor_pass(s, torch.from_numpy(point.theta_anchor).to(s.device), start,
                                     should_stop)
     comm.traffic.phase = "step"
-    rec = Recorder(s, start, out if root else None, metrics_path if root else None, resume,
-                   point.epoch_losses if point else [], progress and root)
-    rec.record = dict(point.last_metrics) if point else {}  # a finished run's own summary
+    rec = Recorder(s, point, out if root else None, metrics_path if root else None,
+                   progress and root)
     done = start
     for step in range(start, start if preempted else s.total):
         t0 = time.perf_counter()
