@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
-from rbd_hpc.launch import Cluster, submit_array
+from rbd_hpc.launch import submit_array
 
 
 def main() -> None:
@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--dist", default="gaussian")
     p.add_argument("--data-dir")
     p.add_argument("--out", default="runs/sweep-d")
-    p.add_argument("--backend", default="auto", choices=["auto", "slurm", "local"])
+    p.add_argument("--backend", default="slurm", choices=["slurm", "local"],
+                   help="slurm (default; refused when no Slurm answers) or local (this machine)")
     p.add_argument("--tasks", type=int, default=1)
     p.add_argument("--partition")
     p.add_argument("--time-min", type=int, default=120)
@@ -41,10 +42,10 @@ def main() -> None:
                                         epochs=None if args.steps else args.epochs,
                                         steps=args.steps, data_dir=args.data_dir)
                 for d in args.d]
-        cluster = Cluster(tasks=args.tasks, backend=args.backend, partition=args.partition,
-                          time_min=args.time_min, name="rbd-sweep-d")
-        jobs = submit_array(cfgs, [str(out / f"d{d}.h5") for d in args.d], cluster,
-                            folder=str(out / "logs"),
+        slurm = {"slurm_partition": args.partition} if args.partition else {}
+        jobs = submit_array(cfgs, [str(out / f"d{d}.h5") for d in args.d], backend=args.backend,
+                            tasks_per_node=args.tasks, timeout_min=args.time_min,
+                            name="rbd-sweep-d", folder=str(out / "logs"), **slurm,
                             metrics=[str(out / f"d{d}.jsonl") for d in args.d])
     except UserError as e:  # one line and exit 2, like rbd-hpc
         print(f"sweep_d: error: {e}", file=sys.stderr)

@@ -275,11 +275,14 @@ def image_layers(compartments, named_shapes: list[tuple[str, tuple]],
 
 
 def smooth_image_layers(dist: str, compartments, named_shapes: list[tuple[str, tuple]],
-                        channels: int, here: str) -> dict[int, ImageLayer]:
+                        channels: int | None, here: str) -> dict[int, ImageLayer]:
     """The ``image_layers`` a basis of ``dist`` needs: {} unless ``smooth:σ``, which must find
     one (a UserError naming ``here``, e.g. "cnn, --compartments layer", otherwise)."""
     if smooth_sigma(dist) is None:
         return {}
+    if channels is None:
+        raise UserError(f"--dist {dist} blurs image directions: it needs a built-in image data "
+                        f"set (here {here})")
     image = image_layers(compartments, named_shapes, channels)
     if not image:
         raise UserError(f"--dist {dist} gives smooth directions to a fully connected first "

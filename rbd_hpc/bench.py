@@ -92,7 +92,7 @@ def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
             steppers[label(dist, comp)] = (lambda m: lambda t: m.step(h.flat.theta, h.grad(), t, 1e-4))(m)
     pass_ms = 0.0
     if svrg_every:
-        anchor = Anchor(h.model, device, standardize=False)
+        anchor = Anchor(h.model, device)
         c, hh, w = SHAPES[dataset]
         gen = torch.Generator().manual_seed(1)
         n = TRAIN_SAMPLES[dataset]

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
@@ -16,18 +15,22 @@ from .bench import format_table, memory_ratio, replay_ratio, run_bench
 from .comm import create_communicator, install_abort_handler, on_root
 from .compartments import segments
 from . import __version__
-from .config import FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag, preset_fields
+from .config import (FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag, parse_config_text,
+                     preset_fields, read_config_file)
 from .data import SHAPES
 from .errors import AgreedError, UserError, require_choice
 from .inspect_run import describe, describe_epochs
 from .models import MODELS
 from .plot import plot
 from .preemption import EXIT_PREEMPTED, StopRequest
-from .replay import replay_to, save_weights, verify
+from .replay import replay_to, verify
 from .resume import resumed_config
 from . import runlog
 from .runlog import RunFile
 from .train import dry_run, train
+from .api import evaluate as evaluate_run
+from .checkpoint import save_checkpoint, weights_at
+from .progress import StepProgress
 
 EXIT_USER_ERROR = 2
 
@@ -66,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    t.add_argument("--config", metavar="FILE", help="config fields from a TOML or JSON file "
+    t.add_argument("--config", metavar="FILE", help="config fields from a TOML, YAML or JSON file "
                    "(a preset, then the file, then the other options, each overriding the last)")
     t.add_argument("--config-json", help="config fields as a JSON string (as stored in a run "
                    "file); the same as --config")
@@ -83,10 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run")
     r.add_argument("--step", type=_int, help="stop after N steps (default: all committed); with "
                                              "--verify, check the snapshots up to step N")
-    r.add_argument("--out", help="write the weights to a .npz or .pt file")
+    r.add_argument("--out", help="write a checkpoint (.pt or .npz): parameters, buffers, the "
+                   "config and the step; rbd_hpc.load(FILE) gives the model")
     r.add_argument("--verify", action="store_true", help="compare with every stored snapshot")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress (a bar on a terminal, a line every 10%% otherwise)")
     r.add_argument("--threads", type=_int, help="torch threads (default: the run's --threads, "
                    "so that BLAS sums in the same order as in training)")
+
+    e = sub.add_parser("eval", help="validation and test accuracy of a run's weights (the "
+                       "last step's, or a replayed step's)")
+    e.add_argument("run", help="the run file (HDF5)")
+    e.add_argument("--step", type=_int, help="score the weights after N steps (default: all "
+                   "committed); methods without coefficients: a snapshot step")
+    e.add_argument("--data-dir", help="where the run's data set is (default: the run's)")
+    e.add_argument("--threads", type=_int, help="torch threads")
+    e.add_argument("--json", action="store_true", help="print the scores as JSON")
 
     i = sub.add_parser("inspect", help="summarise a run file")
     i.add_argument("run")
@@ -128,12 +143,14 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             continue
         base, _ = field_kind(f)
         text = meta["help"] + (": " + ", ".join(meta["choices"]) if meta["choices"] else "")
-        if base == "bool":
-            parser.add_argument(flag(f.name), action="store_true", default=None, help=text)
+        if base == "bool":  # --augment / --no-augment: a later flag can undo an earlier one
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
+                                default=None, help=text + " (default off)")
             continue
-        if f.default is not None:
+        if f.default is not None and not meta["factory"]:  # model, data set: the preset's
             text += f" (default {f.default})"
-        parser.add_argument(flag(f.name), type=parse[base], default=None, dest=f.name,
+        names = (flag(f.name), "--data") if f.name == "dataset" else (flag(f.name),)
+        parser.add_argument(*names, type=parse[base], default=None, dest=f.name,
                             metavar={"int": "N", "float": "X"}.get(base, f.name.upper()), help=text)
 
 
@@ -144,26 +161,14 @@ def config_overrides(args) -> dict:
 
 
 def config_fields(args) -> tuple[dict, str]:
-    """The fields of --config FILE (TOML or JSON) or --config-json TEXT, and their source."""
+    """The fields of --config FILE (TOML, YAML or JSON) or --config-json TEXT, and their source."""
     if args.config is not None and args.config_json is not None:
         raise UserError("--config and --config-json both give config fields; give one of them")
     if args.config_json is not None:
-        source, text, toml = "--config-json", args.config_json, False
-    elif args.config is not None:
-        source, toml = f"config file {args.config}", args.config.endswith(".toml")
-        try:
-            text = Path(args.config).read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read {source}: {getattr(e, 'strerror', None) or e}") from None
-    else:
-        return {}, "options"
-    try:
-        fields = tomllib.loads(text) if toml else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{source} is not valid {'TOML' if toml else 'JSON'}: {e}") from None
-    if not isinstance(fields, dict):
-        raise UserError(f"{source} must be a JSON object of config fields")
-    return fields, source
+        return parse_config_text(args.config_json, "JSON", "--config-json"), "--config-json"
+    if args.config is not None:
+        return read_config_file(args.config)
+    return {}, "options"
 
 
 def train_config(args, comm) -> tuple[TrainConfig, str | None]:
@@ -229,7 +234,9 @@ def cmd_replay(args) -> int:
             torch.set_num_threads(threads)
         target = run.committed if args.step is None else args.step
         if args.verify:
-            ok, worst, lines = verify(run, target)  # --step N: the snapshots up to step N
+            bar = StepProgress(target, f"verify {args.run}", args.progress)
+            ok, worst, lines = verify(run, target, on_step=lambda done, _: bar.update(done))
+            bar.close()
             for line in lines:
                 print(line)
             n = torch.get_num_threads()
@@ -238,11 +245,36 @@ def cmd_replay(args) -> int:
             if not ok:
                 return 1
         if args.out or not args.verify:
-            theta = replay_to(run, target)
+            bar = StepProgress(target, f"replay {args.run}", args.progress)
+            weights = weights_at(run, target, on_step=lambda done, _: bar.update(done))
+            bar.close()
             if args.out:
-                save_weights(run, theta, args.out)
+                save_checkpoint(weights, args.out)
             print(f"replayed {target} steps of {args.run}"
-                  + (f"; weights written to {args.out}" if args.out else ""))
+                  + (f"; checkpoint written to {args.out}" if args.out else "")
+                  + (f" (buffers from the snapshot of step {weights.buffers_step})"
+                     if args.out and weights.buffers_step is not None else ""))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    check_option("threads", args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scores = evaluate_run(args.run, args.step, args.data_dir)
+    if args.json:
+        print(json.dumps(scores))
+        return 0
+    parts = [f"step {scores['step']}"]
+    for split in ("val", "test"):
+        if f"{split}_acc" in scores:
+            parts.append(f"{split}_acc {scores[f'{split}_acc']:.4f} {split}_loss "
+                         f"{scores[f'{split}_loss']:.4f}")
+    if "logged_test_acc" in scores:
+        parts.append(f"logged test_acc {scores['logged_test_acc']:.4f}")
+    if scores["buffers_step"] is not None and scores["buffers_step"] != scores["step"]:
+        parts.append(f"buffers from step {scores['buffers_step']}")
+    print(", ".join(parts))
     return 0
 
 
@@ -319,6 +351,8 @@ def _main(argv=None) -> int:
             return 0
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command == "eval":
+            return cmd_eval(args)
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "plot":

@@ -16,6 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
+from pathlib import Path
+
+import yaml
 
 from .bases import BasisConfig
 from .compartments import allocation_weight, segments
@@ -24,6 +28,7 @@ from .errors import UserError, choice_error, require_choice, require_positive
 from .methods import (GRADIENT_METHODS, METHODS, MODES, MOMENTUM_METHODS, SPARSITY_DISTRIBUTIONS,
                       SVRG_METHODS)
 from .models import MODELS
+from .usercode import is_spec
 
 SCHEDULES = ("constant", "cosine")
 MAX_THREADS = 4096   # torch's thread count is a C int; beyond any node's cores anyway
@@ -70,14 +75,15 @@ def base_lr(model: str, dataset: str, method: str) -> float:
 
 def option(default, help: str, *, choices: tuple | None = None, positive: bool = False,
            at_least: float | None = None, at_most: float | None = None, rule: str | None = None,
-           resume_free: bool = False, cli: bool = True):
+           resume_free: bool = False, cli: bool = True, factory: bool = False):
     """A config field and everything said about it: the flag --NAME (underscores → dashes),
     its help, its check (``choices``; ``positive``; ``at_least``, worded as ``rule``), and
-    ``resume_free``: a resume may change it because it does not change the trajectory."""
+    ``resume_free``: a resume may change it because it does not change the trajectory;
+    ``factory``: a factory spec MODULE:NAME of the user's own is valid besides ``choices``."""
     return dataclasses.field(default=default, metadata=dict(
         help=help, choices=choices, positive=positive, at_least=at_least, at_most=at_most,
         rule=rule or (f"≥ {at_least:g}" if at_least is not None else None),
-        resume_free=resume_free, cli=cli))
+        resume_free=resume_free, cli=cli, factory=factory))
 
 
 def flag(name: str) -> str:
@@ -88,8 +94,10 @@ def flag(name: str) -> str:
 class TrainConfig:
     """Everything that determines a run's trajectory (plus where its data lives)."""
 
-    model: str = option("fc", "network", choices=MODELS, cli=False)
-    dataset: str = option("fmnist", "data set", choices=DATASETS, cli=False)
+    model: str = option("fc", "network (default: the preset's), or a factory of your own, "
+                        "MODULE:NAME returning a torch.nn.Module", choices=MODELS, factory=True)
+    dataset: str = option("fmnist", "data set (default: the preset's), or a factory of your own, "
+                          "MODULE:NAME returning (train, test)", choices=DATASETS, factory=True)
     method: str = option("rbd", "training method", choices=METHODS)
     preset: str | None = option("fc-fmnist", "model, data set, d and the paper's learning rate",
                                 choices=tuple(PRESETS), cli=False)
@@ -156,6 +164,14 @@ class TrainConfig:
         allocation_weight(self.allocate)
         if self.epochs is None and self.steps is None:
             raise UserError("give --epochs N or --steps N")
+        own = [flag(n) + " " + getattr(self, n) for n in ("model", "dataset")
+               if is_spec(getattr(self, n))]
+        if self.lr is None and own:
+            raise UserError(f"{own[0]}: give --lr (the paper's learning rates are for its own "
+                            "models and data sets)")
+        if self.augment and is_spec(self.dataset):
+            raise UserError(f"--augment is the paper's image augmentation of its data sets, not "
+                            f"for --dataset {self.dataset}")
         if self.lr is None:
             self.lr = base_lr(self.model, self.dataset, self.method) * self.batch_size
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
@@ -261,7 +277,8 @@ def _check_field(f: dataclasses.Field, value) -> None:
     if base == "float" and not math.isfinite(value):
         raise UserError(f"{name} {value} must be {meta['rule'] or 'a finite number'}")
     if meta["choices"] is not None and value not in meta["choices"]:
-        raise choice_error(name, value, meta["choices"])
+        if not (meta["factory"] and is_spec(value)):
+            raise choice_error(name, value, meta["choices"] + (("MODULE:NAME",) if meta["factory"] else ()))
     if meta["positive"]:
         require_positive(name, value)
     if meta["at_least"] is not None and value < meta["at_least"]:
@@ -278,3 +295,35 @@ def check_option(name: str, value) -> None:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}  # name → its declaration
+CONFIG_FORMATS = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+
+
+def parse_config_text(text: str, kind: str, source: str) -> dict:
+    """Config fields from TOML, YAML or JSON text: a mapping, or one clear error line."""
+    try:
+        if kind == "TOML":
+            fields = tomllib.loads(text)
+        elif kind == "YAML":
+            fields = yaml.safe_load(text)
+        else:
+            fields = json.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+        where = " ".join(str(e).split())  # PyYAML's message spans lines
+        raise UserError(f"{source} is not valid {kind}: {where}") from None
+    if not isinstance(fields, dict):
+        raise UserError(f"{source} must be a mapping of config fields, not "
+                        f"{type(fields).__name__}")
+    return fields
+
+
+def read_config_file(path: str) -> tuple[dict, str]:
+    """(fields, source) of a config file; its suffix (.toml, .yaml/.yml, .json) is its format."""
+    source = f"config file {path}"
+    kind = CONFIG_FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise UserError(f"{source}: unknown format; name it .toml, .yaml, .yml or .json")
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {source}: {getattr(e, 'strerror', None) or e}") from None
+    return parse_config_text(text, kind, source), source

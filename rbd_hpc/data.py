@@ -29,6 +29,7 @@ import torch
 from .errors import UserError, require_choice
 from .partition import share
 from .seeds import Stream, derive_seed, numpy_rng
+from .usercode import call_factory, is_spec, load_factory
 
 DATASETS = ("mnist", "fmnist", "cifar10")
 SHAPES = {"mnist": (1, 28, 28), "fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W)
@@ -42,8 +43,25 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 @dataclasses.dataclass
 class Split:
-    x: np.ndarray  # uint8, (N, H, W, C)
+    x: np.ndarray  # built-in sets: uint8 images (N, H, W, C); a user's: float32 (N, ...) as given
     y: np.ndarray  # int64, (N,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """How stored samples become the model's input tensor.
+
+    Built-in sets hold NHWC images (uint8, or augmented floats in [0, 1]) that become NCHW
+    floats x/255, with CIFAR-10's per-image standardisation when ``standardize``. A user's
+    data set (``images=False``) is passed to the model exactly as stored, as float32."""
+
+    images: bool = True
+    standardize: bool = False
+
+    def tensor(self, x: np.ndarray, device="cpu") -> torch.Tensor:
+        if not self.images:
+            return torch.from_numpy(np.array(x, dtype=np.float32, copy=True)).to(device)
+        return to_tensor(x, device, self.standardize)
 
 
 @dataclasses.dataclass
@@ -52,10 +70,13 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    inputs: Inputs = Inputs()
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one sample as the model sees it."""
+    def shape(self) -> tuple[int, ...]:
+        """One sample's shape as the model sees it: (C, H, W) for the built-in image sets."""
+        if not self.inputs.images:
+            return tuple(self.train.x.shape[1:])
         _, h, w, c = self.train.x.shape
         return c, h, w
 
@@ -94,12 +115,14 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
-def _labels(y: np.ndarray, what: str) -> np.ndarray:
-    """Class labels as int64, refused unless integers in 0..9."""
-    if not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{what} are {y.dtype}, not integers")
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise UserError(f"{what} are outside 0..9")
+def _labels(y: np.ndarray, what: str, classes: int | None = 10) -> np.ndarray:
+    """Class labels as int64, refused unless integers in 0..classes−1 (≥ 0 when None)."""
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise UserError(f"{what} are {y.dtype} of shape {y.shape}, not integers of shape (N,)")
+    if y.size and y.min() < 0:
+        raise UserError(f"{what} hold a negative label {y.min()}")
+    if y.size and classes is not None and y.max() >= classes:
+        raise UserError(f"{what} are outside 0..{classes - 1}")
     return y.astype(np.int64)
 
 
@@ -165,20 +188,64 @@ def load_cifar10(directory: Path, where: str) -> tuple[Split, Split]:
 
 
 def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 5000) -> Dataset:
-    """Load ``name`` and hold out ``val_size`` training samples (a split keyed by seed)."""
+    """Load ``name`` (a built-in set, or a factory spec ``MODULE:NAME`` of the user's own) and
+    hold out ``val_size`` training samples (a split keyed by seed)."""
+    if is_spec(name):
+        train, test = user_splits(name)
+        return hold_out(name, train, test, seed, val_size, Inputs(images=False), name)
     require_choice("data set", name, DATASETS)
     directory, where = resolve_data_dir(name, data_dir)
     if not directory.is_dir():
         raise UserError(f"data directory {directory} (from {where}) does not exist")
     train, test = (load_cifar10 if name == "cifar10" else load_idx_dataset)(directory, where)
+    return hold_out(name, train, test, seed, val_size, Inputs(standardize=name == "cifar10"),
+                    str(directory))
+
+
+def hold_out(name: str, train: Split, test: Split, seed: int, val_size: int, inputs: Inputs,
+             where: str) -> Dataset:
+    """The data set with ``val_size`` training samples held out for validation."""
     if len(test.y) == 0:
-        raise UserError(f"the test split in {directory} is empty")
+        raise UserError(f"the test split in {where} is empty")
     if not 0 <= val_size < len(train.y):
         raise UserError(f"--val-size {val_size} must be in [0, {len(train.y)})")
     perm = numpy_rng(derive_seed(seed, Stream.SPLIT)).permutation(len(train.y))
     val_idx, train_idx = np.sort(perm[:val_size]), np.sort(perm[val_size:])
     return Dataset(name, Split(train.x[train_idx], train.y[train_idx]),
-                   Split(train.x[val_idx], train.y[val_idx]), test)
+                   Split(train.x[val_idx], train.y[val_idx]), test, inputs)
+
+
+def user_splits(spec: str) -> tuple[Split, Split]:
+    """(train, test) from the user's data factory (usercode.py says what it may return)."""
+    made = call_factory(load_factory(spec, "--dataset"), spec, "--dataset")
+    if not (isinstance(made, (tuple, list)) and len(made) == 2):
+        raise UserError(f"--dataset {spec}: the factory must return (train, test), got "
+                        f"{type(made).__name__}")
+    return tuple(as_split(part, f"--dataset {spec}: the {what} split")
+                 for part, what in zip(made, ("train", "test")))
+
+
+def as_split(part, what: str) -> Split:
+    """A Split from (x, y) arrays or tensors, or from a map-style Dataset of (x, y) pairs."""
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = part
+    elif hasattr(part, "__getitem__") and hasattr(part, "__len__"):
+        pairs = [part[i] for i in range(len(part))]
+        if not pairs:
+            raise UserError(f"{what} is empty")
+        x = np.stack([np.asarray(p[0]) for p in pairs])
+        y = np.asarray([int(p[1]) for p in pairs])
+    else:
+        raise UserError(f"{what} must be (x, y) arrays or a torch Dataset of (x, y) pairs, not "
+                        f"{type(part).__name__}")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise UserError(f"{what}: x must be numbers of shape (N, ...), got {x.dtype} {x.shape}")
+    if len(x) != len(y):
+        raise UserError(f"{what}: {len(x)} samples but {len(y)} labels")
+    if not np.all(np.isfinite(x)):
+        raise UserError(f"{what}: x holds NaN or infinite values")
+    return Split(np.ascontiguousarray(x, dtype=np.float32), _labels(y, f"{what}: labels", None))
 
 
 # --- order, sharding, augmentation: pure functions of keys --------------------------------

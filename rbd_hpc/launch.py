@@ -1,11 +1,15 @@
 """Launching training from Python: submitit on Slurm, or a local backend without Slurm.
 
     from rbd_hpc.config import TrainConfig
-    from rbd_hpc.launch import Cluster, submit
+    from rbd_hpc.launch import submit
 
     job = submit(TrainConfig.from_preset("fc-fmnist", epochs=1), "runs/fc.h5",
-                 Cluster(tasks=4, time_min=120), folder="runs/logs")
-    print(job.result()["test_acc"])
+                 tasks_per_node=4, timeout_min=120, slurm_partition="cpu", folder="runs/logs")
+    print(job.result()["test_acc"])        # rank 0's summary; job.results(): one per rank
+
+Parameters are submitit's own (AutoExecutor.update_parameters); an executor you made
+yourself works too: ``submit(cfg, out, my_executor)``. Local execution happens only when
+asked for (``backend="local"``).
 
 On Slurm each task is one MPI rank: submitit's srun gets ``--mpi=pmi2`` so the tasks form
 one MPI world. Preemption follows the one protocol of preemption.py (docs/design.md,
@@ -35,67 +39,35 @@ from .resume import check_resume
 from .runlog import RunFile, check_writable
 from .train import train
 
-BACKENDS = ("auto", "slurm", "local")
+BACKENDS = ("slurm", "local")
+# what MPI training needs of a Slurm job, in submitit's AutoExecutor names; a user's own
+# parameters override each of these
+DEFAULTS = {"name": "rbd-hpc", "timeout_min": 60, "nodes": 1, "tasks_per_node": 1,
+            "cpus_per_task": 1, "slurm_signal_delay_s": 120}
 
 
-@dataclasses.dataclass
-class Cluster:
-    """Where and how a job runs. Unknown keys are rejected with the list of valid ones."""
-
-    name: str = "rbd-hpc"          # job name
-    tasks: int = 1                 # MPI ranks (one per GPU/IPU/CPU node)
-    nodes: int = 1
-    cpus_per_task: int = 1
-    time_min: int = 60
-    partition: str | None = None
-    mem_gb: int | None = None
-    gpus_per_node: int | None = None
-    signal_delay_s: int = 120      # preemption warning before the time limit
-    max_requeues: int = 3
-    mpi: str = "pmi2"              # srun --mpi=...
-    backend: str = "auto"
-    setup: tuple[str, ...] = ()    # shell lines before srun (module load …)
-    extra: dict = dataclasses.field(default_factory=dict)  # more #SBATCH parameters
-
-    def __post_init__(self):
-        require_choice("backend", self.backend, BACKENDS)
-        for name in ("tasks", "nodes", "cpus_per_task", "time_min"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name}={getattr(self, name)} must be positive")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Cluster":
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise UserError(f"unknown cluster parameter(s) {unknown}; valid: {', '.join(known)}")
-        return cls(**values)
-
-
-def _executor(cluster: Cluster, folder: str | Path):
-    backend = cluster.backend
-    if backend == "auto":
-        backend = "slurm" if shutil.which("sbatch") and _slurm_reachable() else "local"
-    if backend == "slurm":
-        ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=cluster.max_requeues)
-        params = dict(job_name=cluster.name, ntasks_per_node=cluster.tasks // cluster.nodes, nodes=cluster.nodes,
-                      cpus_per_task=cluster.cpus_per_task, time=cluster.time_min,
-                      signal_delay_s=cluster.signal_delay_s, srun_args=[f"--mpi={cluster.mpi}", "--kill-on-bad-exit=1"],
-                      setup=list(cluster.setup),
-                      additional_parameters={"requeue": True, **cluster.extra})
-        if cluster.tasks % cluster.nodes:
-            raise UserError(f"tasks={cluster.tasks} is not a multiple of nodes={cluster.nodes}")
-        if cluster.partition:
-            params["partition"] = cluster.partition
-        if cluster.mem_gb:
-            params["mem"] = f"{cluster.mem_gb}GB"
-        if cluster.gpus_per_node:
-            params["gpus_per_node"] = cluster.gpus_per_node
-        ex.update_parameters(**params)
-        return ex, "slurm"
-    ex = submitit.LocalExecutor(folder=str(folder))
-    ex.update_parameters(timeout_min=cluster.time_min)
-    return ex, "local"
+def executor(folder: str | Path = "runs/logs", backend: str = "slurm",
+             max_requeues: int = 3, mpi: str = "pmi2", **params) -> submitit.AutoExecutor:
+    """submitit's ``AutoExecutor`` for MPI training. ``params`` are AutoExecutor's own
+    parameters (``timeout_min``, ``nodes``, ``tasks_per_node``, ``cpus_per_task``,
+    ``gpus_per_node``, ``mem_gb``, ``slurm_partition``, ``slurm_setup``,
+    ``slurm_additional_parameters``, …) over DEFAULTS. ``backend="local"`` runs here (the
+    tasks under mpiexec) and only when asked for: with ``"slurm"`` and no Slurm answering,
+    this refuses instead of running on the login node."""
+    require_choice("backend", backend, BACKENDS)
+    if backend == "slurm" and not (shutil.which("sbatch") and _slurm_reachable()):
+        raise UserError("backend 'slurm': no Slurm answers here (sinfo failed); submit from a "
+                        "cluster's login node, or pass backend='local' to run on this machine")
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=backend,
+                               slurm_max_num_timeout=max_requeues)
+    try:
+        ex.update_parameters(**{**DEFAULTS, **params})
+    except (ValueError, TypeError, NameError) as e:  # an unknown or mistyped parameter
+        valid = sorted(submitit.AutoExecutor._valid_parameters()) + [
+            f"{backend}_{k}" for k in sorted(ex._executor._valid_parameters())]
+        raise UserError(f"executor parameters: {str(e).splitlines()[0]} Valid: "
+                        + ", ".join(valid)) from None
+    return _for_mpi(ex, mpi)
 
 
 def _slurm_reachable() -> bool:
@@ -103,6 +75,37 @@ def _slurm_reachable() -> bool:
         return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def _for_mpi(ex, mpi: str = "pmi2"):
+    """What every MPI training job needs, added to an executor (the user's own or ours): on
+    Slurm, srun forms one MPI world (``--mpi``), a failing rank ends the step, and the job may
+    be requeued after preemption."""
+    inner = ex._executor if isinstance(ex, submitit.AutoExecutor) else ex
+    if isinstance(inner, submitit.SlurmExecutor):
+        srun = list(inner.parameters.get("srun_args") or [])
+        if not any(a.startswith("--mpi") for a in srun):
+            srun.append(f"--mpi={mpi}")
+        if "--kill-on-bad-exit=1" not in srun:
+            srun.append("--kill-on-bad-exit=1")
+        extra = {"requeue": True, **(inner.parameters.get("additional_parameters") or {})}
+        inner.update_parameters(srun_args=srun, additional_parameters=extra)
+    return ex
+
+
+def _tasks(ex) -> tuple[int, str]:
+    """(MPI ranks per job, backend) of an executor. A local executor runs one process, which
+    starts the ranks under mpiexec itself (local processes would not form one MPI world)."""
+    inner = ex._executor if isinstance(ex, submitit.AutoExecutor) else ex
+    p = inner.parameters
+    if isinstance(inner, submitit.SlurmExecutor):
+        return int(p.get("ntasks_per_node", 1)) * int(p.get("nodes", 1)), "slurm"
+    if isinstance(inner, submitit.LocalExecutor):
+        tasks = int(p.get("tasks_per_node", 1)) * int(p.get("nodes", 1))
+        inner.update_parameters(tasks_per_node=1, nodes=1)
+        return tasks, "local"
+    raise UserError(f"executor {type(inner).__name__}: use a submitit Slurm, Local or Auto "
+                    "executor")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -161,35 +164,66 @@ def check_submission(cfg: TrainConfig, out: str, tasks: int) -> None:
             check_resume(run, cfg, tasks)
 
 
-def submit(cfg: TrainConfig, out: str, cluster: Cluster | None = None, folder: str = "runs/logs",
-           metrics: str | None = None):
-    """Submit one training run; returns a submitit Job (``.result()`` is the summary). A run
-    file already at ``out`` is resumed, and refused here if the config would not continue it."""
-    cluster = cluster or Cluster()
-    check_submission(cfg, out, cluster.tasks)
-    ex, backend = _executor(cluster, folder)
-    job = TrainJob(dataclasses.asdict(cfg), str(out), metrics, cluster.tasks, backend)
-    return ex.submit(job)
+class RunJob:
+    """A submitit Job whose ``result()`` is rank 0's summary (every rank returns the same
+    scores; ``results()`` still gives one per task). Everything else is the submitit Job's."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def result(self) -> dict:
+        return self.job.results()[0]
+
+    def __getattr__(self, name):
+        return getattr(self.job, name)
+
+    def __repr__(self) -> str:
+        return f"RunJob({self.job!r})"
 
 
-def submit_array(cfgs: list[TrainConfig], outs: list[str], cluster: Cluster | None = None,
-                 folder: str = "runs/logs", metrics: list[str] | None = None):
+def _checked_executor(runs: list[tuple[TrainConfig, str]], executor_, folder: str,
+                      params: dict) -> tuple[object, int, str]:
+    """(executor, ranks per job, backend), after every run passed check_submission; nothing
+    (not even the log folder) is created for a submission that is refused."""
+    if executor_ is None:
+        tasks = int(params.get("tasks_per_node", 1)) * int(params.get("nodes", 1))
+        for cfg, out in runs:
+            check_submission(cfg, out, tasks)
+        executor_ = executor(folder, **params)
+    elif params:
+        executor_.update_parameters(**params)
+    tasks, backend = _tasks(_for_mpi(executor_))
+    for cfg, out in runs:
+        check_submission(cfg, out, tasks)
+    return executor_, tasks, backend
+
+
+def submit(cfg: TrainConfig, out: str, executor_=None, *, folder: str = "runs/logs",
+           metrics: str | None = None, **params) -> RunJob:
+    """Submit one training run; ``executor_`` is a submitit executor of your own, else one is
+    made by ``executor(folder, **params)``. A run file already at ``out`` is resumed, and
+    refused here if the config would not continue it."""
+    ex, tasks, backend = _checked_executor([(cfg, out)], executor_, folder, params)
+    return RunJob(ex.submit(TrainJob(dataclasses.asdict(cfg), str(out), metrics, tasks, backend)))
+
+
+def submit_array(cfgs: list[TrainConfig], outs: list[str], executor_=None, *,
+                 folder: str = "runs/logs", metrics: list[str] | None = None,
+                 **params) -> list[RunJob]:
     """A job array (Slurm) or a batch of local jobs: one run per config."""
     if len(cfgs) != len(outs):
         raise UserError(f"{len(cfgs)} configs but {len(outs)} output files")
-    cluster = cluster or Cluster()
     if len(set(map(str, outs))) != len(outs):
         raise UserError("two runs of the array share one output file")
-    for cfg, out in zip(cfgs, outs):
-        check_submission(cfg, out, cluster.tasks)
-    ex, backend = _executor(cluster, folder)
+    ex, tasks, backend = _checked_executor(list(zip(cfgs, outs)), executor_, folder, params)
     metrics = metrics or [None] * len(cfgs)
-    jobs = [TrainJob(dataclasses.asdict(c), str(o), m, cluster.tasks, backend)
+    jobs = [TrainJob(dataclasses.asdict(c), str(o), m, tasks, backend)
             for c, o, m in zip(cfgs, outs, metrics)]
-    return ex.submit_array(jobs)
+    return [RunJob(j) for j in ex.submit_array(jobs)]
 
 
-def sbatch_text(cluster: Cluster, folder: str | Path) -> str:
-    """The sbatch script submitit would generate for ``cluster`` (for golden-file tests)."""
-    ex, _ = _executor(dataclasses.replace(cluster, backend="slurm"), folder)
-    return ex._make_submission_file_text("python -u -m submitit.core._submit " + str(folder), "uid")
+def sbatch_text(ex, folder: str | Path) -> str:
+    """The sbatch script submitit generates for a Slurm executor (for golden-file tests)."""
+    inner = ex._executor if isinstance(ex, submitit.AutoExecutor) else ex
+    return inner._make_submission_file_text("python -u -m submitit.core._submit " + str(folder),
+                                            "uid")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import UserError, require_choice
+from .usercode import call_factory, is_spec, load_factory
 
 MODELS = ("fc", "cnn", "resnet8", "resnet20")
 
@@ -17,10 +18,9 @@ MODELS = ("fc", "cnn", "resnet8", "resnet20")
 class FC(nn.Module):
     """Flatten → Dense(128, relu) → Dense(10)."""
 
-    def __init__(self, in_shape: tuple[int, int, int], classes: int = 10):
+    def __init__(self, in_shape: tuple[int, ...], classes: int = 10):
         super().__init__()
-        c, h, w = in_shape
-        self.fc1 = nn.Linear(c * h * w, 128)
+        self.fc1 = nn.Linear(int(np.prod(in_shape)), 128)
         self.fc2 = nn.Linear(128, classes)
 
     def forward(self, x):
@@ -105,9 +105,16 @@ def keras_init_(model: nn.Module, generator: torch.Generator) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(name: str, in_shape: tuple[int, int, int], generator: torch.Generator,
+def build_model(name: str, in_shape: tuple[int, ...], generator: torch.Generator,
                 classes: int = 10) -> nn.Module:
+    """A built-in network initialised from ``generator``, or the user's (``name`` a factory
+    spec, usercode.py) built with torch's global generator seeded from ``generator``'s seed."""
+    if is_spec(name):
+        return build_user_model(name, generator.initial_seed())
     require_choice("--model", name, MODELS)
+    if name != "fc" and len(in_shape) != 3:
+        raise UserError(f"model {name} needs image samples (C, H, W), got samples of shape "
+                        f"{tuple(in_shape)}")
     if name == "fc":
         model = FC(in_shape, classes)
     elif name == "cnn":
@@ -119,6 +126,25 @@ def build_model(name: str, in_shape: tuple[int, int, int], generator: torch.Gene
             raise UserError(f"model {name} needs images of at least 8×8, got {in_shape}")
         model = ResNet(1 if name == "resnet8" else 3, in_shape, classes)
     keras_init_(model, generator)
+    return model
+
+
+def build_user_model(spec: str, seed: int) -> nn.Module:
+    """``factory()`` for the spec, under a global torch seed (restored afterwards)."""
+    factory = load_factory(spec, "--model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = call_factory(factory, spec, "--model")
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a "
+                        "torch.nn.Module")
+    params = [p for p in model.parameters()]
+    if not params:
+        raise UserError(f"--model {spec}: the model has no parameters to train")
+    kinds = {p.dtype for p in params}
+    if kinds != {torch.float32}:
+        raise UserError(f"--model {spec}: parameters must all be float32, got "
+                        + ", ".join(sorted(str(k) for k in kinds)))
     return model
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import UserError
 from .methods import StepResult
 from .models import buffers_vector
+from .progress import StepProgress, clock
 from .runlog import METRIC_COLUMNS, RunFile, RunWriter, run_attrs
 
 COMMIT_SECONDS = 0.5  # commit buffered rows at least this often: a kill loses < 0.5 s of work
@@ -36,29 +37,6 @@ class StepStats:
     ms: float
     result: StepResult
     phases_ms: dict = dataclasses.field(default_factory=dict)  # where the step's time went
-
-
-class Progress:
-    """A progress bar on stderr for rank 0: redrawn in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self.tty = sys.stderr.isatty()
-        self.last_decile = -1
-
-    def update(self, done: int, loss: float) -> None:
-        if not self.enabled or self.total == 0:
-            return
-        frac = done / self.total
-        if self.tty:
-            bar = "#" * int(30 * frac)
-            sys.stderr.write(f"\r[{bar:<30}] {done}/{self.total} steps  loss {loss:.4f}")
-            if done == self.total:
-                sys.stderr.write("\n")
-        elif int(frac * 10) > self.last_decile:
-            self.last_decile = int(frac * 10)
-            sys.stderr.write(f"{int(frac * 100):3d}% {done}/{self.total} steps  loss {loss:.4f}\n")
-        sys.stderr.flush()
 
 
 def layouts(flat, model, compartments) -> tuple[dict, dict]:
@@ -117,7 +95,15 @@ class Recorder:
                             if metrics_path else None)
         except OSError as e:
             raise UserError(f"cannot write the metrics file {metrics_path}: {e.strerror or e}") from None
-        self.bar = Progress(run.total - start, progress)
+        self.root = run.comm.rank == 0
+        cfg = run.cfg
+        self.bar = StepProgress(run.total, f"{cfg.method} {cfg.model}-{cfg.dataset}",
+                                progress and self.root, initial=start)
+        if resume and self.root:
+            self.bar.log(f"resuming {out} at step {start}/{run.total} (epoch "
+                         f"{start / run.stream.steps_per_epoch:.2f}): "
+                         + ("θ replayed from its rows" if point.replayed else
+                            "θ from the snapshot of that step"))
 
     def _open_writer(self, out: str, resume: bool) -> RunWriter:
         run = self.run
@@ -166,7 +152,7 @@ class Recorder:
                                         time.monotonic() - self.last_commit > COMMIT_SECONDS):
             self.writer.commit(snapshot=self.snapshot(done) if snapshot_due else None)
             self.last_commit = time.monotonic()
-        self.bar.update(done - self.start, loss)
+        self.bar.update(done, loss=loss)
 
     def epoch(self, done: int, scores: dict) -> None:
         """Close an epoch: its metrics row in the run file and a line in the metrics file."""
@@ -186,6 +172,8 @@ class Recorder:
         self.epoch_phases = {}
         if self.writer is not None:
             self.writer.commit(metrics=[float(self.record[c]) for c in METRIC_COLUMNS])
+        if self.root:
+            self.bar.log(self.epoch_line())
         if self.metrics:
             try:
                 self.metrics.write(json.dumps(self.record) + "\n")
@@ -194,7 +182,17 @@ class Recorder:
                 raise UserError(f"cannot write the metrics file {self.metrics.name}: "
                                 f"{e.strerror or e}; the run file holds this epoch") from None
 
+    def epoch_line(self) -> str:
+        """One line per epoch for the log: where the run is, its scores, its speed, its ETA."""
+        r, total, per = self.record, self.run.total, self.run.stream.steps_per_epoch
+        eta = self.bar.eta()
+        return (f"epoch {r['epoch']:g}/{total / per:.4g} step {r['step']}/{total}: train_loss "
+                f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}, "
+                f"{r['ms_per_step']:.2f} ms/step, elapsed {clock(time.monotonic() - self.bar.t0)}"
+                + (f", ETA {clock(eta)}" if eta is not None and r["step"] < total else ""))
+
     def close(self) -> None:
+        self.bar.close()
         if self.writer is not None:
             self.writer.commit()
             self.writer.close()

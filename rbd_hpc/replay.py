@@ -67,9 +67,11 @@ def replay_to(run: RunFile, target: int, method=None,
     return theta_t.numpy()
 
 
-def verify(run: RunFile, until: int | None = None) -> tuple[bool, float, list[str]]:
+def verify(run: RunFile, until: int | None = None,
+           on_step: Callable[[int, torch.Tensor], None] | None = None
+           ) -> tuple[bool, float, list[str]]:
     """Replay from θ0 to step ``until`` (default: the last committed) and compare with every
-    stored snapshot on the way: (ok, max |diff|, report lines)."""
+    stored snapshot on the way: (ok, max |diff|, report lines). ``on_step`` as in replay_to."""
     snaps = {int(s): i for i, s in enumerate(run.snapshot_steps())}
     worst, lines, ok = 0.0, [], True
 
@@ -83,22 +85,9 @@ def verify(run: RunFile, until: int | None = None) -> tuple[bool, float, list[st
             ok &= same
             lines.append(f"step {done}: {'bitwise equal' if same else 'MISMATCH'} "
                          f"(max |diff| {diff:.3g})")
+        if on_step is not None:
+            on_step(done, theta)
     compare(0, torch.from_numpy(run.theta0()))
     replay_to(run, run.committed if until is None else until, on_step=compare,
               start_from_theta0=True)
     return ok, worst, lines
-
-
-def save_weights(run: RunFile, theta: np.ndarray, path: str) -> None:
-    """Write θ as .npz (one array per parameter name) or .pt (a state dict of tensors)."""
-    names, shapes, offsets = run.layout["names"], run.layout["shapes"], run.layout["offsets"]
-    arrays = {n: theta[lo:hi].reshape(s) for n, s, lo, hi in zip(names, shapes, offsets, offsets[1:])}
-    try:
-        if path.endswith(".npz"):
-            np.savez(path, **arrays)
-        elif path.endswith(".pt"):
-            torch.save({n: torch.from_numpy(np.array(a)) for n, a in arrays.items()}, path)
-        else:
-            raise UserError(f"--out {path}: use a .npz or .pt file name")
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None

@@ -28,6 +28,7 @@ class ResumePoint:
     epoch_losses: list[float]    # the logged losses of the epoch the resume falls in
     theta_anchor: np.ndarray | None  # θ̃ of an SVRG period the resume falls inside
     last_metrics: dict                # the last epoch's metrics up to the resume point
+    replayed: bool = False            # θ replayed to the last committed row (else a snapshot's)
 
 
 def resumed_config(path: str, overrides: dict, preset: str | None) -> TrainConfig:
@@ -99,4 +100,4 @@ def resume_point(run: RunFile, method, has_buffers: bool, steps_per_epoch: int,
                     if svrg_every and target % svrg_every else None)
     done = [m for m in run.metrics() if m["step"] <= target]
     return ResumePoint(target, theta, buffers, state, losses, theta_anchor,
-                       {**done[-1], "step": int(done[-1]["step"])} if done else {})
+                       {**done[-1], "step": int(done[-1]["step"])} if done else {}, exact_rows)

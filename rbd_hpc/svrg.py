@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data import Split, to_tensor
+from .data import Inputs, Split
 from .models import FlatParameters
 from .partition import share
 
@@ -39,11 +39,11 @@ def anchor_step(step: int, every: int) -> int:
 class Anchor:
     """θ̃ and μ̃ on a private copy of the model (the training model and its state stay put)."""
 
-    def __init__(self, model: nn.Module, device, standardize: bool):
+    def __init__(self, model: nn.Module, device, inputs: Inputs = Inputs()):
         self.model = copy.deepcopy(model)
         self.flat = FlatParameters(self.model)
         self.device = device
-        self.standardize = standardize
+        self.inputs = inputs
         self.mu: torch.Tensor | None = None
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -64,7 +64,7 @@ class Anchor:
             if interrupted is not None and interrupted():
                 return False
             j = slice(i, min(i + _PASS_BATCH, hi))
-            x = to_tensor(split.x[j], self.device, self.standardize)
+            x = self.inputs.tensor(split.x[j], self.device)
             y = torch.from_numpy(split.y[j]).to(self.device)
             self.flat.zero_grad()
             sum_loss(self.model(x), y).backward()

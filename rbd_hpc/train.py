@@ -26,7 +26,7 @@ from torch import nn
 
 from .comm import agree_to_stop, average, check_divergence, on_root
 from .config import TrainConfig
-from .data import BatchStream, Dataset, Split, load_dataset, to_tensor
+from .data import BatchStream, Dataset, Inputs, Split, load_dataset
 from .errors import UserError
 from .methods import Method
 from .methods.build import build_method
@@ -37,6 +37,7 @@ from .resume import ResumePoint, check_resume, resume_point
 from .runlog import RunFile, RunLock, check_writable, refuse_aliases, refuse_existing
 from .seeds import Stream, derive_seed, torch_generator
 from .svrg import Anchor, anchor_share
+from .usercode import is_spec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,7 +71,6 @@ class Session:
     stream: BatchStream
     total: int                    # steps of the whole run
     theta0: np.ndarray            # θ after set-up (rank 0's, masked for sparse methods)
-    standardize: bool             # the official CIFAR-10 per-image standardisation
     has_buffers: bool             # BatchNorm statistics: resume from snapshots only
     anchor: Anchor | None         # SVRG anchor θ̃, μ̃ (--svrg-every)
     anchor_share: tuple = ()      # (sample range, scale) of this rank's anchor pass
@@ -88,6 +88,8 @@ def set_up(cfg: TrainConfig, comm) -> Session:
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_size)
     model = build_model(cfg.model, data.shape,
                         torch_generator(derive_seed(cfg.seed, Stream.INIT))).to(device)
+    if is_spec(cfg.model) or is_spec(cfg.dataset):
+        check_fit(model, data, device, cfg)
     flat = FlatParameters(model)
     flat.theta.copy_(comm.broadcast(flat.theta))  # every rank starts from rank 0's θ0
     steps_per_epoch = len(data.train.y) // cfg.batch_size
@@ -105,18 +107,40 @@ def set_up(cfg: TrainConfig, comm) -> Session:
     if stream.steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size} exceeds the {len(data.train.y)} training "
                         "samples")
-    standardize = cfg.dataset == "cifar10"
     has_buffers = any(True for _ in model.buffers())
     anchor, share_ = None, ()
     if cfg.svrg_every:
         if has_buffers:
             raise UserError(f"--svrg-every needs a model without BatchNorm (fc or cnn), not "
                             f"{cfg.model}: BatchNorm makes a sample's gradient depend on its batch")
-        anchor = Anchor(model, device, standardize)
+        anchor = Anchor(model, device, data.inputs)
         share_ = anchor_share(len(data.train.y), comm.rank, comm.size, per_rank_data)
     return Session(cfg, comm, device, data, model, flat, method, compartments, stream, total,
-                   flat.theta.detach().cpu().numpy().copy(), standardize, has_buffers, anchor,
+                   flat.theta.detach().cpu().numpy().copy(), has_buffers, anchor,
                    share_)
+
+
+def check_fit(model: nn.Module, data: Dataset, device, cfg: TrainConfig) -> None:
+    """A model or data set of the user's own: one forward pass on two samples gives
+    (2, classes) scores and every label is a class (one clear line otherwise)."""
+    pair = f"--model {cfg.model} on --dataset {cfg.dataset}"
+    x = data.inputs.tensor(data.train.x[:2], device)
+    model.eval()  # scores only: BatchNorm statistics stay as initialised
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        raise UserError(f"{pair}: the forward pass on input {tuple(x.shape)} failed: "
+                        f"{type(e).__name__}: {e}") from None
+    finally:
+        model.train()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+        raise UserError(f"{pair}: the model must return class scores of shape (batch, classes); "
+                        f"got {getattr(out, 'shape', type(out).__name__)} for input "
+                        f"{tuple(x.shape)}")
+    top = max(int(split.y.max()) for split in (data.train, data.val, data.test) if len(split.y))
+    if top >= out.shape[1]:
+        raise UserError(f"{pair}: label {top} but the model scores {out.shape[1]} classes")
 
 
 def restore(s: Session, path: str) -> ResumePoint:
@@ -154,7 +178,7 @@ def take_step(s: Session, step: int, t0: float) -> StepStats:
     """One training step from batch ``step``; ``t0`` is when the step's work began."""
     epoch, i = divmod(step, s.stream.steps_per_epoch)
     xb, yb = s.stream.batch(epoch, i)
-    x, y = to_tensor(xb, s.device, s.standardize), torch.from_numpy(yb).to(s.device)
+    x, y = s.data.inputs.tensor(xb, s.device), torch.from_numpy(yb).to(s.device)
     s.flat.zero_grad()
     loss = s.loss_fn(s.model(x), y)
     loss.backward()
@@ -185,7 +209,7 @@ def anchor_pass(s: Session, theta_anchor: torch.Tensor, at: int,
         return not agree_to_stop(s.comm, not complete, at, every=1)
 
 
-def evaluate(model: nn.Module, split: Split, comm, device, standardize: bool = False,
+def evaluate(model: nn.Module, split: Split, comm, device, inputs: Inputs = Inputs(),
              batch: int = 1000) -> tuple[float, float]:
     """(mean loss, accuracy) over a split, each rank scoring its share."""
     mine = share(len(split.y), comm.rank, comm.size)
@@ -194,7 +218,7 @@ def evaluate(model: nn.Module, split: Split, comm, device, standardize: bool = F
     with torch.no_grad():
         for i in range(mine.start, mine.stop, batch):
             j = slice(i, min(i + batch, mine.stop))
-            x = to_tensor(split.x[j], device, standardize)
+            x = inputs.tensor(split.x[j], device)
             y = torch.from_numpy(split.y[j]).to(device)
             out = model(x)
             sums += [nn.functional.cross_entropy(out, y, reduction="sum").item(),
@@ -207,14 +231,21 @@ def evaluate(model: nn.Module, split: Split, comm, device, standardize: bool = F
 def evaluate_epoch(s: Session) -> dict:
     """Validation and test scores at an epoch's end (after averaging BatchNorm statistics)."""
     with s.comm.traffic.during("eval"):
-        if s.cfg.mode == "shared" and s.has_buffers and s.comm.size > 1:
-            load_buffers(s.model, average(s.comm, buffers_vector(s.model)))  # shards differed
         def score(split: Split) -> tuple[float, float]:
-            return evaluate(s.model, split, s.comm, s.device, s.standardize,
+            return evaluate(s.model, split, s.comm, s.device, s.data.inputs,
                             s.cfg.eval_batch_size)
         val_loss, val_acc = score(s.data.val) if len(s.data.val.y) else (math.nan, math.nan)
         test_loss, test_acc = score(s.data.test)
     return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+
+def sync_buffers(s: Session) -> None:
+    """Shared mode over several ranks: BatchNorm statistics came from different shards; every
+    rank takes their mean. Done at each snapshot and epoch end, so a snapshot holds the buffers
+    every rank has (a resume restores all ranks exactly) and scores use the common ones."""
+    if s.cfg.mode == "shared" and s.has_buffers and s.comm.size > 1:
+        with s.comm.traffic.during("eval"):
+            load_buffers(s.model, average(s.comm, buffers_vector(s.model)))
 
 
 def check_outputs(cfg: TrainConfig, world_size: int, out: str | None, metrics_path: str | None,
@@ -299,6 +330,8 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
             stop_now = should_stop is not None and agree_to_stop(comm, should_stop(), done)
         epoch_end = done % s.stream.steps_per_epoch == 0 or done == s.total
         snapshot_due = done % cfg.snapshot_every == 0 or done == s.total or stop_now
+        if snapshot_due or epoch_end:
+            sync_buffers(s)
         rec.commit_due(done, snapshot_due, epoch_end, stats.loss)
         rec.epoch_phases.setdefault("bookkeeping", []).append((time.perf_counter() - t_rec) * 1e3)
         if epoch_end:
@@ -307,7 +340,7 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
             preempted = done < s.total
             break
     rec.close()
-    return {**rec.record, "steps_done": done, "total_steps": s.total, "preempted": preempted,
+    return {**rec.record, "rank": comm.rank, "world_size": comm.size, "steps_done": done, "total_steps": s.total, "preempted": preempted,
             "theta": s.flat.theta, "method": cfg.method, "traffic": dict(comm.traffic.bytes),
             "traffic_received": dict(comm.traffic.received),
             "traffic_calls": dict(comm.traffic.calls)}

@@ -15,7 +15,7 @@
 read -r -a D_VALUES <<< "${RBD_D_VALUES:-50 100 250 500 1000}"
 D="${D_VALUES[${SLURM_ARRAY_TASK_ID:-0}]:?array index beyond RBD_D_VALUES}"
 export RBD_PRESET="${RBD_PRESET:-fc-fmnist}"
-export RBD_DATA="${RBD_DATA:-/usr/share/datasets/fashion-mnist}"  # SITE
 export RBD_OUT="${RBD_OUT_DIR:-runs/sweep-d}/d${D}.h5"
-export RBD_ARGS="${RBD_ARGS:---method rbd --epochs 10} --d $D"
+export RBD_DEFAULT_ARGS="--method rbd --epochs 10"
+export RBD_ARGS="${RBD_ARGS:-} --d $D"
 source "${RBD_HOME:-${SLURM_SUBMIT_DIR:-.}}/slurm/launch.sh"

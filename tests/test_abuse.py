@@ -20,7 +20,7 @@ from conftest import (ROOT, assert_user_error, final_theta, run_cli, synthetic_i
                       wait_for_commits, write_idx)
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
-from rbd_hpc.launch import Cluster, submit
+from rbd_hpc.launch import submit
 from rbd_hpc.runlog import RunFile, header_crc
 
 pytestmark = pytest.mark.timeout(600)
@@ -250,7 +250,7 @@ def test_the_python_launcher_refuses_a_run_file_it_would_not_continue(run, tmp_p
     other = TrainConfig.from_preset("fc-fmnist", steps=30, d=20, dist="srht", val_size=64,
                                     threads=1, snapshot_every=10)
     with pytest.raises(UserError, match=r"config differs from the run file in d"):
-        submit(other, str(out), Cluster(backend="local"), folder=str(tmp_path / "logs"))
+        submit(other, str(out), backend="local", folder=str(tmp_path / "logs"))
     assert digest(out) == before and not (tmp_path / "logs").exists()
 
 

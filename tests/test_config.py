@@ -28,13 +28,18 @@ def test_every_option_is_a_flag_with_its_help_and_default():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     actions = {a.dest: a for a in train._actions}
     for f in dataclasses.fields(TrainConfig):
-        if not f.metadata["cli"]:  # model, data set: only through --preset, the CLI's own flag
+        if not f.metadata["cli"]:  # the preset: the CLI's own flag
             assert f.name not in actions or f.name == "preset"
             continue
         action = actions[f.name]
-        assert action.option_strings == ["--" + f.name.replace("_", "-")]
+        alias = ["--data"] if f.name == "dataset" else []
+        if f.type == "bool":  # and its negation, so that appended options can turn it off
+            alias = ["--no-" + f.name.replace("_", "-")]
+        assert action.option_strings == ["--" + f.name.replace("_", "-")] + alias
         assert action.help.startswith(f.metadata["help"])
-        if f.default not in (None, False):
+        if f.metadata["factory"]:  # model, data set: the default is the preset's
+            assert f"(default {f.default})" not in action.help
+        elif f.default not in (None, False):
             assert f"(default {f.default})" in action.help
         for choice in f.metadata["choices"] or ():
             assert choice in action.help
@@ -70,7 +75,7 @@ def test_the_added_option_needs_nothing_but_its_field(idx_dir, tmp_path):
     ({"augment": 1}, "--augment 1 must be true or false"),
     ({"method": None}, "--method must be set"),
     ({"val_size": -1}, "--val-size -1 must be ≥ 0"),
-    ([1, 2], "--config-json must be a JSON object"),
+    ([1, 2], "--config-json must be a mapping of config fields, not list"),
 ])
 def test_bad_config_json_is_one_line(values, fragment):
     assert_user_error(run_cli("train", "--config-json", json.dumps(values)), fragment)
@@ -183,6 +188,21 @@ def test_a_config_file_merges_under_the_flags_and_prints(tmp_path):
     assert json.loads(proc.stdout) == merged
     proc = run_cli("train", "--config", toml, "--preset", "fc-fmnist", "--print-config")
     assert json.loads(proc.stdout)["model"] == "fc"  # the --preset flag outranks the file
+
+
+def test_a_yaml_config_file_and_flags_merge(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("preset: cnn-fmnist\nmethod: rbd\ndist: srht\nd: 64\nlr: 0.5\n")
+    proc = run_cli("train", "--config", run, "--lr", "0.1", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads(proc.stdout)
+    assert (merged["model"], merged["dist"], merged["d"], merged["lr"]) == ("cnn", "srht", 64, 0.1)
+    for name, text, fragment in [("bad.yaml", "d: [1,\n", "is not valid YAML: while parsing"),
+                                 ("list.yml", "- 1\n- 2\n", "must be a mapping of config "
+                                                            "fields, not list"),
+                                 ("run.ini", "d=1\n", "unknown format; name it .toml, .yaml")]:
+        (tmp_path / name).write_text(text)
+        assert_user_error(run_cli("train", "--config", tmp_path / name), fragment)
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -17,10 +17,11 @@ def table1(*args):
 
 def test_table1_variant_rows_carry_the_overrides(tmp_path, idx_dir):
     out = tmp_path / "t1"
+    variant = tmp_path / "variant.yaml"  # rbd-hpc train's config files, with method tables
+    variant.write_text("val_size: 64\nrbd:\n  dist: srht\n  compartments: layer\n  d: 30\n")
     proc = table1("--epochs", "1", "--models", "fc", "--methods", "rbd", "sgd",
                   "--data-dir", idx_dir, "--backend", "local", "--out", out,
-                  "--set", "val_size=64", "--set", "rbd.dist=srht", "--set", "rbd.d=20",
-                  "--set", "rbd.compartments=layer", "--label", "v")
+                  "--config", variant, "--set", "rbd.d=20", "--label", "v")
     assert proc.returncode == 0, proc.stderr
     with h5py.File(out / "fc-rbd-v.h5", "r") as f:
         cfg = json.loads(f.attrs["config"])
@@ -40,7 +41,8 @@ def test_table1_bad_set_is_one_line(tmp_path):
     for bad, fragment in [(["--set", "rbd.colour=red"], "'colour' is not a config field"),
                           (["--set", "adam.lr=1"], "method 'adam' is not one of nes, fpd, rbd, sgd"),
                           (["--set", "lr"], "is not [METHOD.]KEY=VALUE"),
-                          (["--set", "rbd.dist=bernoulli"], "--dist 'bernoulli' is not valid")]:
+                          (["--set", "rbd.dist=bernoulli"], "--dist 'bernoulli' is not valid"),
+                          (["--config", tmp_path / "none.yaml"], "cannot read config file")]:
         proc = table1("--out", tmp_path / "t", "--backend", "local", *bad)
         assert proc.returncode != 0
         lines = proc.stderr.strip().splitlines()

@@ -74,6 +74,8 @@ def test_no_function_local_imports_but_optional_dependencies():
                     local += [f"{name}.{fn.name}: import {a.name}" for a in node.names
                               if a.name not in LAZY]
                 elif isinstance(node, ast.ImportFrom) and (node.level or node.module not in LAZY):
+                    if (name, fn.name, node.module) == ("rbd_hpc", "__getattr__", None):
+                        continue  # PEP 562: rbd_hpc.fit loads the API on first use
                     local.append(f"{name}.{fn.name}: from {'.' * node.level}{node.module}")
     assert local == []
 

@@ -42,7 +42,8 @@ def test_replay_reproduces_final_weights_bitwise(rbd_run, tmp_path):
     with RunFile(rbd_run) as run:  # the sqrt rule, not the default by-size split (which is 23 / 1)
         assert [(c["name"], c["d"]) for c in run.layout["compartments"]] == [("fc1", 21), ("fc2", 3)]
     weights = np.load(tmp_path / "w.npz")
-    assert sorted(weights.files) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    assert sorted(weights.files) == ["__meta__", "fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    assert json.loads(str(weights["__meta__"]))["step"] == 45
     assert weights["fc1.weight"].shape == (128, 784)
     flat = np.concatenate([weights[n].reshape(-1) for n in ("fc1.weight", "fc1.bias", "fc2.weight",
                                                             "fc2.bias")])
@@ -58,7 +59,9 @@ def test_replay_to_a_step_matches_the_snapshot_and_pt_output(rbd_run, tmp_path):
     proc = run_cli("replay", rbd_run, "--step", "30", "--verify")
     assert "verify: OK over 30 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
     assert "step 40:" not in proc.stdout
-    state = torch.load(tmp_path / "w.pt")
+    blob = torch.load(tmp_path / "w.pt")
+    state = blob["state_dict"]
+    assert (blob["step"], blob["buffers_step"], blob["format"]) == (30, None, "rbd_hpc checkpoint 1")
     with RunFile(rbd_run) as run:
         i = list(run.snapshot_steps()).index(30)
         assert np.array_equal(torch.cat([state[n].reshape(-1) for n in run.layout["names"]]).numpy(),

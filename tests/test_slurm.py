@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import submitit
 
-from conftest import ROOT, final_theta, run_cli, venv_bin, wait_for_commits
+from conftest import ROOT, final_theta, needs_fmnist, run_cli, venv_bin, wait_for_commits
 from rbd_hpc.config import TrainConfig
-from rbd_hpc.launch import Cluster, sbatch_text, submit
+from rbd_hpc.launch import executor, sbatch_text, submit
 from rbd_hpc.runlog import RunFile
 
 pytestmark = pytest.mark.timeout(600)
@@ -81,7 +82,7 @@ def wait_gone(job: str, timeout: float = 400, release_requeued: bool = True) -> 
 
 def tiny_env(idx_dir, out: Path, args: str) -> dict:
     return {"RBD_PRESET": "fc-fmnist", "RBD_DATA": str(idx_dir), "RBD_OUT": str(out),
-            "RBD_ARGS": f"--val-size 64 --threads 1 {args}"}
+            "RBD_ARGS": f"--val-size 64 --threads 1 --no-augment {args}"}
 
 
 def reference_run(idx_dir, ref: Path, args: str) -> Path:
@@ -107,6 +108,49 @@ def test_sbatch_rbd_resnet_script_with_small_overrides(slurm, idx_dir, tmp_path,
         assert run.committed == 20 and int(run.attrs["world_size"]) == 2
     proc = run_cli("replay", out, "--verify")
     assert proc.returncode == 0 and "verify: OK over 20 steps" in proc.stdout, proc.stdout
+
+
+@needs_fmnist()
+def test_submit_script_follows_the_preset_and_logs_epochs_while_running(slurm, tmp_path):
+    # rbd_resnet.sh asked for Fashion-MNIST: the data, job name and log follow the preset, and
+    # RBD_ARGS add to the script's options (--steps replaces its --epochs, --no-augment undoes
+    # its --augment, its --threads stays)
+    env = {**os.environ, "RBD_PRESET": "fc-fmnist", "RBD_OUT": str(tmp_path / "run.h5"),
+           "RBD_HOME": str(ROOT), "RBD_ARGS": "--val-size 55000 --steps 1500 --d 20 --dist srht "
+                                              "--no-augment"}
+    env.pop("RBD_DATA", None)
+    script = str(ROOT / "slurm" / "rbd_resnet.sh")
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / "submit.sh"), script, "--ntasks=1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    log = tmp_path / f"rbd-fc-fmnist-{job}.out"
+    t0 = time.monotonic()
+    while not (log.exists() and "epoch 1/" in log.read_text()):
+        assert time.monotonic() - t0 < 120, log.read_text() if log.exists() else "no log"
+        time.sleep(0.2)
+    assert job_field(job, "JobState") == "RUNNING"  # the log speaks while the job runs
+    assert job_field(job, "JobName") == "rbd-fc-fmnist"
+    wait_gone(job)
+    text = log.read_text()
+    assert "data /usr/share/datasets/fashion-mnist" in text, text
+    command = next(line for line in text.splitlines() if " train --preset fc-fmnist" in line)
+    assert "--epochs" not in command and command.index("--augment") < command.index("--no-augment")
+    assert "--threads 1" in command and f"--metrics {tmp_path / 'run.jsonl'}" in command
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 10 and "ETA" in epochs[0] and "ms/step" in epochs[0], text
+    assert len((tmp_path / "run.jsonl").read_text().splitlines()) == 10
+
+
+def test_submit_script_refuses_a_request_the_partition_cannot_run(slurm, tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "slurm" / "submit.sh"),
+                           str(ROOT / "slurm" / "rbd_resnet.sh"), "--ntasks=64"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("rbd-hpc: error: Slurm cannot run") and "--ntasks=64" in line
+    assert "Requested node configuration is not available" in line and "CPUs" in line
+    assert not list(tmp_path.iterdir())
 
 
 def test_sweep_d_job_array(slurm, idx_dir, tmp_path):
@@ -152,10 +196,10 @@ def test_interrupted_job_requeues_and_resumes_bitwise(slurm, idx_dir, tmp_path, 
 def test_submitit_launch_forms_one_mpi_world(slurm, idx_dir, tmp_path):
     cfg = TrainConfig.from_preset("fc-fmnist", steps=10, d=20, val_size=64, threads=1,
                                   data_dir=str(idx_dir))
-    job = submit(cfg, str(tmp_path / "sub.h5"), Cluster(tasks=2, backend="slurm"),
-                 folder=str(tmp_path / "logs"))
+    job = submit(cfg, str(tmp_path / "sub.h5"), tasks_per_node=2, folder=str(tmp_path / "logs"))
     results = job.results()
     assert [r["world_size"] for r in results] == [2, 2]
+    assert job.result() == results[0]  # rank 0's summary: result() works for a multi-task job
     assert results[0]["steps_done"] == 10
     with RunFile(tmp_path / "sub.h5") as run:
         assert int(run.attrs["world_size"]) == 2
@@ -165,7 +209,9 @@ def test_submitit_preemption_checkpoints_and_resumes(slurm, idx_dir, tmp_path):
     cfg = TrainConfig.from_preset("fc-fmnist", steps=160, d=200, val_size=64, threads=1,
                                   data_dir=str(idx_dir))
     out = tmp_path / "ck.h5"
-    job = submit(cfg, str(out), Cluster(tasks=2, backend="slurm"), folder=str(tmp_path / "logs"))
+    own = submitit.AutoExecutor(folder=str(tmp_path / "logs"), cluster="slurm")  # the user's own
+    own.update_parameters(tasks_per_node=2, timeout_min=10)
+    job = submit(cfg, str(out), own)
     wait_for_commits(out, 30)
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # submitit's preempt signal
     t0 = time.monotonic()
@@ -185,23 +231,32 @@ def test_submitit_preemption_checkpoints_and_resumes(slurm, idx_dir, tmp_path):
 def test_local_backend_runs_mpi_without_slurm(idx_dir, tmp_path):
     cfg = TrainConfig.from_preset("fc-fmnist", steps=6, d=20, val_size=64, threads=1,
                                   data_dir=str(idx_dir))
-    job = submit(cfg, str(tmp_path / "loc.h5"), Cluster(tasks=2, backend="local"),
+    job = submit(cfg, str(tmp_path / "loc.h5"), backend="local", tasks_per_node=2,
                  folder=str(tmp_path / "logs"))
     result = job.result()
     assert result["world_size"] == 2 and result["step"] == 6
     assert "over 2 rank(s)" in result["stdout"]
 
 
-def test_generated_sbatch_text_matches_golden_file():
-    text = sbatch_text(Cluster(tasks=4, nodes=2, time_min=90, partition="gpu", name="rbd-golden"),
-                       "/FOLDER")
+def test_generated_sbatch_text_matches_golden_file(slurm):
+    text = sbatch_text(executor("/FOLDER", tasks_per_node=2, nodes=2, timeout_min=90,
+                                slurm_partition="gpu", name="rbd-golden"), "/FOLDER")
     if os.environ.get("RBD_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
 
 
-def test_unknown_cluster_parameter_is_rejected():
+def test_unknown_executor_parameter_is_rejected(slurm):
     from rbd_hpc.errors import UserError
 
-    with pytest.raises(UserError, match=r"unknown cluster parameter\(s\) \['gpus'\]; valid: name, tasks"):
-        Cluster.from_dict({"gpus": 4})
+    with pytest.raises(UserError, match=r"'gpus' need to be prefixed.* Valid: cpus_per_task, "
+                                        r"gpus_per_node, .*slurm_partition"):
+        executor("/tmp/unused", gpus=4)
+
+
+def test_no_silent_local_fallback(monkeypatch, tmp_path):
+    from rbd_hpc.errors import UserError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch, no sinfo: no Slurm answers
+    with pytest.raises(UserError, match="no Slurm answers here.*backend='local'"):
+        executor(str(tmp_path / "logs"), slurm_partition="cpu")

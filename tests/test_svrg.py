@@ -46,7 +46,7 @@ def fc():
 def test_anchor_mu_is_the_training_set_gradient(fc):
     model, flat = fc
     data = split(2300, 5)  # 18 pass batches of 128, the last one short
-    anchor = Anchor(model, "cpu", standardize=False)
+    anchor = Anchor(model, "cpu")
     anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300)
     ref = copy.deepcopy(model).double()
     ref_flat = FlatParameters(ref)
@@ -59,7 +59,7 @@ def test_anchor_mu_is_the_training_set_gradient(fc):
 def test_the_correction_is_mu_at_the_anchor_and_unbiased_away_from_it(fc):
     model, flat = fc
     data = split(320, 6)
-    anchor = Anchor(model, "cpu", standardize=False)
+    anchor = Anchor(model, "cpu")
     anchor.refresh(flat.theta.detach(), data, (0, 320), 1.0 / 320)
     x, y = to_tensor(data.x[:32]), torch.from_numpy(data.y[:32])
     # at θ = θ̃ the two batch gradients cancel bit for bit: the step projects μ̃ itself
@@ -83,14 +83,14 @@ def test_the_correction_is_mu_at_the_anchor_and_unbiased_away_from_it(fc):
 def test_an_interrupted_pass_leaves_no_anchor_and_a_later_one_is_whole(fc):
     model, flat = fc
     data = split(2300, 5)
-    anchor = Anchor(model, "cpu", standardize=False)
+    anchor = Anchor(model, "cpu")
     asked = []
     assert not anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300,
                               interrupted=lambda: asked.append(1) or len(asked) > 1)
     assert len(asked) == 2 and anchor.mu is None  # asked before each batch; stopped at the second
     assert anchor.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300,
                           interrupted=lambda: False)
-    whole = Anchor(model, "cpu", standardize=False)
+    whole = Anchor(model, "cpu")
     whole.refresh(flat.theta.detach(), data, (0, 2300), 1.0 / 2300)
     assert torch.equal(anchor.mu, whole.mu)
 

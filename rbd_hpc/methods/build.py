@@ -35,7 +35,7 @@ def build_method(cfg, named_shapes: list[tuple[str, tuple]], comm, device,
     named_sizes = [(n, int(np.prod(s))) for n, s in named_shapes]
     compartments = build_compartments(named_sizes, cfg.compartments, cfg.d, cfg.d_per_compartment,
                                       cfg.allocate)
-    image = smooth_image_layers(cfg.dist, compartments, named_shapes, SHAPES[cfg.dataset][0],
+    image = smooth_image_layers(cfg.dist, compartments, named_shapes, SHAPES.get(cfg.dataset, (None,))[0],
                                 f"{cfg.model}, --compartments {cfg.compartments}")
     if cfg.method == "nes":
         return _nes(cfg, compartments, comm, device, image), compartments

@@ -1,0 +1,80 @@
+"""The Python API: train your own model on your own data, load and score the result.
+
+    import rbd_hpc
+    summary = rbd_hpc.fit("mypkg.nets:make_model", "mypkg.data:make_data",
+                          method="rbd", d=64, dist="srht", lr=0.05, epochs=3, out="run.h5")
+    model = rbd_hpc.load("run.h5")               # or a checkpoint written by replay --out
+    scores = rbd_hpc.evaluate("run.h5")          # {"val_acc": …, "test_acc": …, …}
+
+``fit`` is ``rbd-hpc train``: every method, the run file, resume, bitwise replay, and MPI
+(launch the script under mpiexec/srun; every rank calls ``fit`` with the same arguments).
+Model and data are factories (usercode.py says what they return), given as callables defined
+at module level or as ``MODULE:NAME`` specs: the run file records the spec, so replay, eval
+and resume rebuild the model in another process. Errors are raised as ``UserError`` with the
+one-line message the CLI prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .checkpoint import load, model_for, weights_at
+from .comm import SingleProcess, create_communicator
+from .config import TrainConfig
+from .data import load_dataset
+from .errors import UserError
+from .runlog import RunFile
+from .train import evaluate as score_split, train
+from .usercode import spec_of
+
+__all__ = ["fit", "load", "evaluate", "weights_at"]
+
+
+def _spec(factory, what: str) -> str:
+    spec = spec_of(factory)
+    if spec is None:
+        raise UserError(f"{what} {factory!r} has no importable name: define the factory at "
+                        "module level (not a lambda or a nested function), or pass its "
+                        "MODULE:NAME spec, so that other ranks, replay and eval can rebuild it")
+    return spec
+
+
+def fit(model: Callable | str, data: Callable | str, config: TrainConfig | dict | None = None, *,
+        out: str | None = None, metrics: str | None = None, comm=None, resume: bool = False,
+        overwrite: bool = False, progress: bool = False,
+        should_stop: Callable[[], bool] | None = None, **options) -> dict:
+    """Train ``model`` (a factory, a spec or a built-in name) on ``data`` (likewise); config
+    fields come from ``config`` then ``options``. Returns the run's summary (final θ and
+    scores). ``comm``: default MPI when launched under mpiexec/srun, else one process."""
+    fields = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
+    fields.update(options)
+    fields.update(model=_spec(model, "model"), dataset=_spec(data, "data"), preset=None)
+    cfg = TrainConfig.from_dict(fields, "fit() config")
+    comm = comm if comm is not None else create_communicator()
+    return train(cfg, comm, out=out, metrics_path=metrics, progress=progress, resume=resume,
+                 should_stop=should_stop, overwrite=overwrite)
+
+
+def evaluate(run_path: str, step: int | None = None, data_dir: str | None = None,
+             batch: int | None = None) -> dict:
+    """Validation and test loss and accuracy of a run's weights at ``step`` (default: its
+    last), on the run's own data set and validation split; with the accuracy the run logged
+    at that step, when it logged one."""
+    with RunFile(run_path) as run:
+        cfg = run.config()
+        weights = weights_at(run, step)
+        logged = [m for m in run.metrics() if int(m["step"]) == weights.step]
+    data = load_dataset(cfg.dataset, data_dir or cfg.data_dir, cfg.seed, cfg.val_size)
+    net = model_for(cfg, data.shape)
+    net.load_state_dict(weights.state_dict(), strict=True)
+    comm, batch = SingleProcess(), batch or cfg.eval_batch_size
+    scores = {"step": weights.step, "buffers_step": weights.buffers_step}
+    for name, split in (("val", data.val), ("test", data.test)):
+        if len(split.y):
+            scores[f"{name}_loss"], scores[f"{name}_acc"] = score_split(
+                net, split, comm, "cpu", data.inputs, batch)
+    if logged:
+        scores["logged_test_acc"] = logged[-1]["test_acc"]
+        scores["logged_val_acc"] = logged[-1]["val_acc"]
+    return scores
+
