@@ -30,6 +30,7 @@ from .runlog import RunFile
 from .train import dry_run, train
 from .api import evaluate as evaluate_run
 from .checkpoint import save_checkpoint, weights_at
+from .fetch import fetch
 from .progress import StepProgress
 
 EXIT_USER_ERROR = 2
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="the run file (HDF5) to write (an existing one is refused)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out run file")
     t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
+    t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR: "
+                   "loss, learning rate and ms per step every step, scores every epoch "
+                   "(needs the tensorboard extra)")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     t.add_argument("--config", metavar="FILE", help="config fields from a TOML, YAML or JSON file "
@@ -103,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=_int, help="torch threads")
     e.add_argument("--json", action="store_true", help="print the scores as JSON")
 
+    dl = sub.add_parser("data", help="download MNIST, Fashion-MNIST or CIFAR-10 in their "
+                        "standard formats, each file checked against its published MD5")
+    dl.add_argument("name", help="mnist, fmnist or cifar10")
+    dl.add_argument("--dir", required=True, help="where to put the files (then --data-dir DIR)")
+    dl.add_argument("--url", help="a mirror's base URL holding the same file names")
+    dl.add_argument("--checksums", help="a JSON file {file name: MD5} replacing the built-in "
+                    "table (a mirror of other files)")
+
     i = sub.add_parser("inspect", help="summarise a run file")
     i.add_argument("run")
     i.add_argument("--json", action="store_true")
@@ -112,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="PNG plots from run files or metrics files")
     pl.add_argument("runs", nargs="+", help="RUN.h5 or METRICS.jsonl files")
     pl.add_argument("--out", default="plots", help="directory for the PNGs")
+    pl.add_argument("--label", action="append", help="legend label of each input, in order "
+                    "(repeat once per input)")
 
     b = sub.add_parser("bench", help="time RBD steps against SGD steps")
     b.add_argument("--model", default="fc")
@@ -211,6 +225,7 @@ def cmd_train(args, comm) -> int:
         return 0
     with StopRequest() as stop:  # the preemption protocol: preemption.py
         summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
+                        tensorboard=args.tensorboard,
                         resume=bool(args.resume), should_stop=stop, overwrite=args.overwrite)
     if comm.rank == 0:
         if summary["preempted"]:
@@ -351,12 +366,16 @@ def _main(argv=None) -> int:
             return 0
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command == "data":
+            for line in fetch(args.name, args.dir, args.url, args.checksums):
+                print(line)
+            return 0
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "plot":
-            for path in plot(args.runs, args.out):
+            for path in plot(args.runs, args.out, args.label):
                 print(path)
             return 0
         return cmd_bench(args)

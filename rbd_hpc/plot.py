@@ -1,14 +1,22 @@
 """``rbd-hpc plot``: PNGs from run files (.h5) or metrics files (.jsonl).
 
-  val_acc_vs_epoch.png   validation accuracy against epoch, one line per run (paper Fig. 3)
-  acc_vs_d.png           final test accuracy against d, one line per set of runs that
-                         differ only in d
-  cost_per_step.png      ms per step and bytes handed to MPI per step, per run
+  curves.png             training and validation loss, and validation accuracy, against
+                         epoch: one colour per run (paper Fig. 3)
+  val_acc_vs_epoch.png   validation accuracy against epoch alone
+  acc_vs_d.png           final test accuracy against d, one line per set of run files that
+                         differ only in d and trained equally long (metrics files carry no
+                         config and are left out)
+  cost_per_step.png      median ms per step and bytes sent to MPI per step, one bar per run,
+                         its value written on it
+
+Labels come from ``--label`` (one per input, in order), else from the run's config (run
+files) or the file name (metrics files); labels that still coincide get the file name added.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
 from .errors import UserError
@@ -54,7 +62,10 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
     return label
 
 
-def load_runs(paths: list[str]) -> list[dict]:
+def load_runs(paths: list[str], labels: list[str] | None = None) -> list[dict]:
+    if labels and len(labels) != len(paths):
+        raise UserError(f"{len(labels)} --label value(s) for {len(paths)} input(s); give one "
+                        "per input, in order, or none")
     runs = []
     for p in paths:
         path = Path(p)
@@ -63,79 +74,133 @@ def load_runs(paths: list[str]) -> list[dict]:
                 rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             except (OSError, json.JSONDecodeError) as e:
                 raise UserError(f"cannot read metrics file {path}: {e}") from None
-            runs.append({"label": path.stem, "rows": rows, "config": {}})
+            runs.append({"label": path.stem, "rows": rows, "config": {}, "path": path})
         else:
             with RunFile(path) as run:
                 cfg = dataclasses.asdict(run.config())
                 rows = run.metrics()
                 directions = int(run.attrs["n_coefficients"])  # all compartments and ranks
-            runs.append({"label": run_label(cfg), "rows": rows, "config": cfg, "directions": directions})
+            runs.append({"label": run_label(cfg), "rows": rows, "config": cfg,
+                         "directions": directions, "path": path})
         if not runs[-1]["rows"]:
             raise UserError(f"{path} holds no evaluated epochs yet")
+    for run, label in zip(runs, labels or []):
+        run["label"] = label
+    base = [r["label"] for r in runs]
+    for suffix in (lambda r: r["path"].name, lambda r: str(r["path"])):
+        counts = Counter(r["label"] for r in runs)  # two runs never share a legend entry:
+        for r, label in zip(runs, base):            # add the file name, else the path as given
+            if counts[r["label"]] > 1:
+                r["label"] = f"{label} ({suffix(r)})"
     return runs
 
 
 def accuracy_against_d(runs: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """Final test accuracy (%) by directions per step, one sorted list per set of runs that
-    differ only in d. Gradient methods and metrics-only runs have no d and are left out."""
-    groups: dict[str, list[tuple[int, float]]] = {}
+    differ only in d and ended at the same step (a longer run is not a point of a shorter
+    run's line). Gradient methods and metrics-only runs have no d and are left out."""
+    groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
     for r in runs:
         c = r["config"]
         if c and c["method"] not in GRADIENT_METHODS:
-            groups.setdefault(run_label(c, with_d=False), []).append(
-                (r["directions"], 100 * r["rows"][-1]["test_acc"]))
-    return {key: sorted(pts) for key, pts in groups.items()}
+            last = r["rows"][-1]
+            groups.setdefault((run_label(c, with_d=False), int(last["step"])), []).append(
+                (r["directions"], 100 * last["test_acc"]))
+    lengths = Counter(key for key, _ in groups)
+    return {(key if lengths[key] == 1 else f"{key}, {steps} steps"): sorted(pts)
+            for (key, steps), pts in groups.items()}
 
 
-def plot(paths: list[str], out_dir: str) -> list[Path]:
+def _save(fig, path: Path, written: list[Path]) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    written.append(path)
+
+
+def _curves(plt, runs: list[dict], out: Path, written: list[Path]) -> None:
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, r in enumerate(runs):
+        colour = f"C{i % 10}"
+        epochs = [row["epoch"] for row in r["rows"]]
+        loss.plot(epochs, [row["train_loss"] for row in r["rows"]], color=colour,
+                  label=f"{r['label']} (train)")
+        if "val_loss" in r["rows"][0]:
+            loss.plot(epochs, [row["val_loss"] for row in r["rows"]], color=colour,
+                      linestyle="--", label=f"{r['label']} (val)")
+        acc.plot(epochs, [100 * row["val_acc"] for row in r["rows"]], color=colour,
+                 marker="o", markersize=3, label=r["label"])
+    loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss (solid: train, dashed: val)")
+    acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    for ax in (loss, acc):
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=7)
+    _save(fig, out / "curves.png", written)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in runs:
+        ax.plot([row["epoch"] for row in r["rows"]], [100 * row["val_acc"] for row in r["rows"]],
+                marker="o", markersize=3, label=r["label"])
+    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, out / "val_acc_vs_epoch.png", written)
+    plt.close(fig)
+
+
+def _accuracy_against_d(plt, runs: list[dict], out: Path, written: list[Path]) -> None:
+    groups = accuracy_against_d(runs)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, pts in groups.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    ax.set(xlabel="d (directions per step)", ylabel="final test accuracy (%)", xscale="log",
+           title="Accuracy against d")
+    ax.grid(alpha=0.3)
+    ds = sorted({p[0] for pts in groups.values() for p in pts})
+    ax.set_xticks(ds, [str(d) for d in ds])  # the d values themselves, not powers of ten
+    ax.minorticks_off()
+    if groups:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no random-bases run files to compare", ha="center",
+                transform=ax.transAxes)
+    _save(fig, out / "acc_vs_d.png", written)
+    plt.close(fig)
+
+
+def _costs(plt, runs: list[dict], out: Path, written: list[Path]) -> None:
+    labels = [r["label"] for r in runs]
+    ms = [r["rows"][-1]["ms_per_step"] for r in runs]
+    sent = [r["rows"][-1].get("bytes_per_step", 0.0) for r in runs]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.45 * len(runs)), sharey=True)
+    for ax, values, unit, title in ((a1, ms, "ms", "median time per step"),
+                                    (a2, sent, "B", "bytes sent to MPI per step")):
+        bars = ax.barh(range(len(runs)), values, color=[f"C{i % 10}" for i in range(len(runs))])
+        ax.bar_label(bars, labels=[f"{v:,.2f} {unit}" if unit == "ms" else f"{v:,.0f} {unit}"
+                                   for v in values], fontsize=7, padding=2)
+        ax.set(title=title, xlim=(0, 1.3 * max(max(values), 1e-9)))
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}")
+        ax.grid(axis="x", alpha=0.3)
+    a1.set_yticks(range(len(runs)), labels, fontsize=7)
+    a1.invert_yaxis()
+    _save(fig, out / "cost_per_step.png", written)
+    plt.close(fig)
+
+
+def plot(paths: list[str], out_dir: str, labels: list[str] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_runs(paths)
+    runs = load_runs(paths, labels)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror}") from None
-    written = []
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
-        ax.plot([row["epoch"] for row in r["rows"]], [100 * row["val_acc"] for row in r["rows"]],
-                marker="o", label=r["label"])
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "val_acc_vs_epoch.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    groups = accuracy_against_d(runs)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, pts in groups.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
-    ax.set(xlabel="d (directions per step)", ylabel="test accuracy (%)", xscale="log",
-           title="Accuracy against d")
-    ax.grid(alpha=0.3)
-    if groups:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "acc_vs_d.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
-    labels = [r["label"] for r in runs]
-    a1.barh(labels, [r["rows"][-1]["ms_per_step"] for r in runs])
-    a1.set(xlabel="ms per step (median)", xscale="log")
-    a2.barh(labels, [max(r["rows"][-1].get("bytes_per_step", 0), 1) for r in runs])
-    a2.set(xlabel="bytes to MPI per step", xscale="log")
-    a2.set_yticklabels([])
-    fig.tight_layout()
-    written.append(out / "cost_per_step.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written: list[Path] = []
+    _curves(plt, runs, out, written)
+    _accuracy_against_d(plt, runs, out, written)
+    _costs(plt, runs, out, written)
     return written

@@ -50,6 +50,22 @@ def layouts(flat, model, compartments) -> tuple[dict, dict]:
     return param_layout, buffer_layout
 
 
+def open_board(directory: str):
+    """A TensorBoard writer (torch.utils.tensorboard; the optional ``tensorboard`` package).
+    Scalars: train/loss, train/lr, train/ms_per_step every step; at an epoch's end
+    train/epoch_loss, val/loss, val/acc, test/loss, test/acc and train/epoch;
+    the x axis is the step count, wall time is TensorBoard's own."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install "
+                        "'rbd_hpc[tensorboard]'") from None
+    try:
+        return SummaryWriter(log_dir=directory, flush_secs=10)
+    except OSError as e:
+        raise UserError(f"cannot write --tensorboard {directory}: {e.strerror or e}") from None
+
+
 def open_metrics(path: str, resume_at: int | None):
     """The JSON-lines metrics file, for appending. A resume keeps the epochs completed by step
     ``resume_at`` and drops later ones (the resumed run writes them again) and a line torn by a
@@ -78,7 +94,8 @@ class Recorder:
     epoch losses already logged there, and its last metrics as the summary so far (a finished
     run resumed returns its own). ``out`` and ``metrics_path`` are None on every rank but 0."""
 
-    def __init__(self, run, point, out: str | None, metrics_path: str | None, progress: bool):
+    def __init__(self, run, point, out: str | None, metrics_path: str | None, progress: bool,
+                 tensorboard: str | None = None):
         self.run = run
         resume = point is not None
         start = point.steps_done if resume else 0
@@ -97,6 +114,7 @@ class Recorder:
             raise UserError(f"cannot write the metrics file {metrics_path}: {e.strerror or e}") from None
         self.root = run.comm.rank == 0
         cfg = run.cfg
+        self.board = open_board(tensorboard) if tensorboard else None
         self.bar = StepProgress(run.total, f"{cfg.method} {cfg.model}-{cfg.dataset}",
                                 progress and self.root, initial=start)
         if resume and self.root:
@@ -142,6 +160,10 @@ class Recorder:
             self.epoch_phases.setdefault(phase, []).append(ms)
         self.epoch_losses.append(stats.loss)
         self.epoch_cos.append(stats.cos_grad)
+        if self.board is not None:
+            self.board.add_scalar("train/loss", stats.loss, step + 1)
+            self.board.add_scalar("train/lr", stats.lr, step + 1)
+            self.board.add_scalar("train/ms_per_step", stats.ms, step + 1)
         if self.writer is not None:
             c = stats.result.coefficients
             self.writer.add_step(step, stats.lr, stats.loss,
@@ -174,6 +196,13 @@ class Recorder:
             self.writer.commit(metrics=[float(self.record[c]) for c in METRIC_COLUMNS])
         if self.root:
             self.bar.log(self.epoch_line())
+        if self.board is not None:
+            for key, tag in (("train_loss", "train/epoch_loss"), ("val_loss", "val/loss"),
+                             ("val_acc", "val/acc"), ("test_loss", "test/loss"),
+                             ("test_acc", "test/acc")):
+                self.board.add_scalar(tag, self.record[key], done)
+            self.board.add_scalar("train/epoch", self.record["epoch"], done)
+            self.board.flush()
         if self.metrics:
             try:
                 self.metrics.write(json.dumps(self.record) + "\n")
@@ -193,6 +222,8 @@ class Recorder:
 
     def close(self) -> None:
         self.bar.close()
+        if self.board is not None:
+            self.board.close()
         if self.writer is not None:
             self.writer.commit()
             self.writer.close()

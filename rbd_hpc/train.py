@@ -273,13 +273,15 @@ def check_outputs(cfg: TrainConfig, world_size: int, out: str | None, metrics_pa
 
 def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
           progress: bool = True, resume: bool = False,
-          should_stop: Callable[[], bool] | None = None, overwrite: bool = False) -> dict:
+          should_stop: Callable[[], bool] | None = None, overwrite: bool = False,
+          tensorboard: str | None = None) -> dict:
     """Train per ``cfg``; returns the summary (identical θ on every rank). A new run refuses
-    an existing run file unless ``overwrite``; ``resume`` continues the one at ``out``."""
+    an existing run file unless ``overwrite``; ``resume`` continues the one at ``out``.
+    ``tensorboard``: a directory for TensorBoard scalars (rank 0; needs tensorboard)."""
     with contextlib.ExitStack() as held:
         on_root(comm, lambda: check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite,
                                             lock=held))
-        return _train(cfg, comm, out, metrics_path, progress, resume, should_stop)
+        return _train(cfg, comm, out, metrics_path, progress, resume, should_stop, tensorboard)
 
 
 def dry_run(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
@@ -298,7 +300,8 @@ def dry_run(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | 
 
 
 def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, progress: bool,
-           resume: bool, should_stop: Callable[[], bool] | None) -> dict:
+           resume: bool, should_stop: Callable[[], bool] | None,
+           tensorboard: str | None = None) -> dict:
     root = comm.rank == 0
     s = set_up(cfg, comm)
     point = restore(s, out) if resume else None
@@ -309,7 +312,7 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
                                     should_stop)
     comm.traffic.phase = "step"
     rec = Recorder(s, point, out if root else None, metrics_path if root else None,
-                   progress and root)
+                   progress and root, tensorboard if root else None)
     done = start
     for step in range(start, start if preempted else s.total):
         t0 = time.perf_counter()

@@ -1,11 +1,13 @@
 """The command line: bad input is one line and exit 2; a tiny run end to end."""
 import json
 import os
+from pathlib import Path
 
 import h5py
 import pytest
 
 from conftest import assert_user_error, make_idx_dir, run_cli
+from rbd_hpc.config import TrainConfig
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -150,7 +152,7 @@ def test_plot_writes_pngs(tmp_path, idx_dir):
         runs.append(out)
     proc = run_cli("plot", *runs, "--out", tmp_path / "plots")
     assert proc.returncode == 0, proc.stderr
-    for name in ("val_acc_vs_epoch.png", "acc_vs_d.png", "cost_per_step.png"):
+    for name in ("curves.png", "val_acc_vs_epoch.png", "acc_vs_d.png", "cost_per_step.png"):
         data = (tmp_path / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -166,6 +168,29 @@ def test_plot_writes_pngs(tmp_path, idx_dir):
         "rbd fc gaussian lr 1": [(20, acc["rbd20-lr1"])],
         f"rbd fc gaussian layer same d per compartment lr {lr:g}": [(20, acc["rbd-layer10"])],
     }
+
+
+def test_plot_groups_only_equal_lengths_and_never_repeats_a_label(tmp_path):
+    from rbd_hpc.plot import accuracy_against_d, load_runs
+
+    def fake(path, d, steps, acc):
+        cfg = json.loads(TrainConfig.from_preset("fc-fmnist", d=d, steps=steps).to_json())
+        return {"label": "x", "config": cfg, "directions": d, "path": Path(path),
+                "rows": [{"step": steps, "test_acc": acc}]}
+    runs = [fake("a.h5", 20, 100, 0.5), fake("b.h5", 40, 100, 0.6), fake("c.h5", 40, 300, 0.7)]
+    assert accuracy_against_d(runs) == {"rbd fc gaussian lr 0.5, 100 steps": [(20, 50.0), (40, 60.0)],
+                                        "rbd fc gaussian lr 0.5, 300 steps": [(40, 70.0)]}
+    metrics = []
+    for name in ("one", "two"):
+        metrics.append(tmp_path / name / "m.jsonl")
+        metrics[-1].parent.mkdir()
+        metrics[-1].write_text(json.dumps({"epoch": 1, "step": 5, "test_acc": 0.1}) + "\n")
+    # same label and same file name: the paths as given tell them apart
+    assert [r["label"] for r in load_runs(metrics)] == [f"m ({m})" for m in metrics]
+    assert [r["label"] for r in load_runs(metrics, ["A", "B"])] == ["A", "B"]
+    runs = load_runs([metrics[0], tmp_path / "one" / "m.jsonl"], ["A", "B"])
+    assert [r["label"] for r in runs] == ["A", "B"]
+    assert_user_error(run_cli("plot", *metrics, "--label", "A"), "1 --label value(s) for 2 input(s)")
 
 
 def test_plot_bad_input(tmp_path):
@@ -204,3 +229,26 @@ def test_bench_svrg_rows_add_the_anchor_pass_spread_over_its_steps():
     pass_ms, per_step = float(note[10]), float(note[12])  # "took 2469 ms, 24.691 ms per step"
     assert pass_ms > 0 and abs(per_step - pass_ms / 100) <= 0.5 / 100 + 5e-4  # print rounding
     assert_user_error(run_cli("bench", "--svrg-every", "-2"), "--svrg-every -2 must be a number")
+
+
+def test_tensorboard_scalars_match_the_run_file(tmp_path, idx_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, board = tmp_path / "tb.h5", tmp_path / "board"
+    proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "40", "--d", "16",
+                   "--dist", "srht", "--threads", "1", "--no-progress", "--out", out,
+                   "--tensorboard", board)
+    assert proc.returncode == 0, proc.stderr
+    events = EventAccumulator(str(board))
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    with h5py.File(out, "r") as f:
+        logged = f["steps/loss"][:40]
+        val_acc = f["metrics/table"][:]
+    assert [e.step for e in loss] == list(range(1, 41))
+    assert [e.value for e in loss] == [float(v) for v in logged.astype("float32")]
+    assert [e.step for e in events.Scalars("val/acc")] == [18, 36, 40]  # 576 samples / 32 per step
+    assert len(val_acc) == 3
+    assert_user_error(run_cli("train", "--data-dir", idx_dir, "--steps", "2", "--val-size", "64",
+                              "--tensorboard", out, "--out", tmp_path / "x.h5"),
+                      "cannot write --tensorboard")

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "rbd_hpc"
 # imported inside a function on purpose: optional dependencies, and mpi4py.MPI, whose import
 # initialises MPI (a single-process run must not need it)
-LAZY = {"poptorch", "matplotlib", "matplotlib.pyplot", "mpi4py"}
+LAZY = {"poptorch", "matplotlib", "matplotlib.pyplot", "mpi4py", "torch.utils.tensorboard"}
 MAX_FUNCTION_LINES = 80
 
 
