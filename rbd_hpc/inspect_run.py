@@ -8,7 +8,10 @@ import statistics
 from .runlog import RunFile
 
 _EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "ms_per_step")
+                  "ms_per_step", "bytes_per_step", "recv_bytes_per_step", "calls_per_step")
+# rank 0's traffic per training step: bytes handed to MPI, bytes received, collective calls
+_HEADINGS = {"bytes_per_step": "sent_B", "recv_bytes_per_step": "recv_B", "calls_per_step": "calls"}
+_COUNTS = ("epoch", "step", "bytes_per_step", "recv_bytes_per_step", "calls_per_step")
 
 
 def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int) -> str:
@@ -73,8 +76,8 @@ def epoch_table(metrics: list[dict], last: int = 10) -> str:
     ``last`` evaluations (a single final epoch moves by tenths of a point from epoch to epoch)."""
     if not metrics:
         return "no epochs evaluated yet"
-    head = " ".join(f"{c:>10}" for c in _EPOCH_COLUMNS)
-    rows = [" ".join(f"{r[c]:>10g}" if c in ("epoch", "step") else f"{r[c]:>10.4f}"
+    head = " ".join(f"{_HEADINGS.get(c, c):>10}" for c in _EPOCH_COLUMNS)
+    rows = [" ".join(f"{r[c]:>10g}" if c in _COUNTS else f"{r[c]:>10.4f}"
                      for c in _EPOCH_COLUMNS) for r in metrics]
     best = max(metrics, key=lambda r: r["val_acc"])
     tail = [r["test_acc"] for r in metrics[-last:]]

@@ -46,6 +46,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import socket
@@ -66,7 +67,10 @@ FORMAT_VERSION = 2
 HEADER_ATTRS = ("config", "param_layout", "buffer_layout", "world_size", "mode", "method",
                 "n_coefficients", "replayable")
 METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "ms_per_step", "cos_grad", "bytes_per_step")
+                  "ms_per_step", "cos_grad", "bytes_per_step", "recv_bytes_per_step",
+                  "calls_per_step")
+# a table names its columns (attribute "columns"); files before the traffic columns hold these
+_LEGACY_METRIC_COLUMNS = METRIC_COLUMNS[:10]
 _ROW_CHUNK = 64
 _COPY_BLOCK = 4096  # rows per read when a resume copies a run file
 
@@ -299,9 +303,13 @@ def _copy_committed(src: "RunFile", f: h5py.File, upto: int | None) -> list[int]
     for i in range(m):
         _write_snapshot(f["snapshots"], i, *src.snapshot(i))
     t = src.metrics_table()
-    t = t[t[:, METRIC_COLUMNS.index("step")] <= n]
-    f["metrics/table"].resize(t.shape)
-    f["metrics/table"][:] = t
+    t = t[t[:, src.metric_columns.index("step")] <= n]
+    rows = np.full((len(t), len(METRIC_COLUMNS)), np.nan)  # by name: an older file lacks some
+    for j, name in enumerate(src.metric_columns):
+        if name in METRIC_COLUMNS:
+            rows[:, METRIC_COLUMNS.index(name)] = t[:, j]
+    f["metrics/table"].resize(rows.shape)
+    f["metrics/table"][:] = rows
     return [n, m]
 
 
@@ -497,8 +505,16 @@ class RunFile:
     def metrics_table(self) -> np.ndarray:
         return self._read("metrics/table")
 
+    @property
+    def metric_columns(self) -> tuple[str, ...]:
+        names = self.f["metrics/table"].attrs.get("columns")
+        return tuple(json.loads(names)) if names is not None else _LEGACY_METRIC_COLUMNS
+
     def metrics(self) -> list[dict]:
-        return [dict(zip(METRIC_COLUMNS, map(float, row))) for row in self.metrics_table()]
+        """One dict per evaluation; a column this file's version did not write is NaN."""
+        cols = self.metric_columns
+        return [{**dict.fromkeys(METRIC_COLUMNS, math.nan), **dict(zip(cols, map(float, row)))}
+                for row in self.metrics_table()]
 
     def size_on_disk(self) -> int:
         return self.path.stat().st_size

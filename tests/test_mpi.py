@@ -112,11 +112,12 @@ def test_step_traffic_per_rank_does_not_grow_with_ranks_in_shared_mode(ranks, id
     assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == expected
 
 
-def test_dense_directions_exchange_once_per_chunk(idx_dir, tmp_path):
+def test_dense_directions_exchange_once_per_step(idx_dir, tmp_path):
     last = train_mpi(2, tmp_path / "run.h5", idx_dir, "--steps", "4", "--d", "250")
-    # gaussian in chunks of 50: five reduce + broadcast pairs, the same 1000 bytes in all
+    # gaussian in chunks of 50, held together (4·250·101,770 bytes ≤ ONE_EXCHANGE_BYTES): one
+    # reduce + broadcast pair per step, 1000 bytes
     assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == (
-        2000, 1000, 10)
+        2000, 1000, 2)
 
 
 def test_per_rank_mode_sends_own_d_floats(idx_dir, tmp_path):

@@ -104,13 +104,15 @@ def test_inspect_epochs_lists_every_evaluation_and_the_best(rbd_run):
     assert proc.returncode == 0, proc.stderr
     head, *rows, summary = proc.stdout.strip().splitlines()
     assert head.split() == ["epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss",
-                            "test_acc", "ms_per_step"]
+                            "test_acc", "ms_per_step", "sent_B", "recv_B", "calls"]
     with RunFile(rbd_run) as run:
         metrics = run.metrics()
     assert [float(r.split()[1]) for r in rows] == [18, 36, 45]  # two epochs and the partial third
     for row, m in zip(rows, metrics, strict=True):
         assert [float(v) for v in row.split()[2:7]] == [
             round(m[c], 4) for c in ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc")]
+        # rank 0's traffic per step, one process: 24 coefficients handed to MPI, one call
+        assert [float(v) for v in row.split()[8:]] == [96, 0, 1]
     best = max(metrics, key=lambda m: m["val_acc"])
     tests = [m["test_acc"] for m in metrics]
     assert summary == (f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']:g} (test_acc "

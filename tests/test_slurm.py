@@ -153,6 +153,27 @@ def test_submit_script_refuses_a_request_the_partition_cannot_run(slurm, tmp_pat
     assert not list(tmp_path.iterdir())
 
 
+def test_user_model_through_sbatch_and_submitit(slurm, tmp_path):
+    """examples/own_model.py's factories, trained by the sbatch script and by submitit on two
+    ranks each: the same config gives the same bits either way."""
+    example = ROOT / "examples" / "own_model.py"
+    fields = {"model": f"{example}:make_model", "dataset": f"{example}:make_data", "lr": 0.05,
+              "d": 32, "dist": "srht", "steps": 60, "val_size": 512, "threads": 1}
+    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in fields.items())
+    out = tmp_path / "sbatch.h5"
+    job = sbatch("rbd_fmnist.sh", {"RBD_OUT": str(out), "RBD_ARGS": f"{args} --no-augment"},
+                 "--ntasks=2", f"--output={tmp_path}/%j.out")
+    cfg = TrainConfig.from_dict({**fields, "preset": "fc-fmnist"})
+    sub = submit(cfg, str(tmp_path / "submitit.h5"), tasks_per_node=2,
+                 folder=str(tmp_path / "logs"))
+    assert sub.result()["steps_done"] == 60 and sub.result()["world_size"] == 2
+    wait_gone(job)
+    assert "60 steps" in (tmp_path / f"{job}.out").read_text()
+    with RunFile(out) as run:
+        assert run.config().model == fields["model"]
+    assert np.array_equal(final_theta(out), final_theta(tmp_path / "submitit.h5"))
+
+
 def test_sweep_d_job_array(slurm, idx_dir, tmp_path):
     env = {"RBD_DATA": str(idx_dir), "RBD_OUT_DIR": str(tmp_path), "RBD_D_VALUES": "8 16",
            "RBD_ARGS": "--method rbd --steps 6 --val-size 64 --threads 1"}

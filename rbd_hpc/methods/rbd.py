@@ -14,6 +14,11 @@ from .base import StepResult
 from .update import Velocity, apply_step, step_chunks
 
 MODES = ("shared", "per-rank")
+# shared mode exchanges a step's d coefficients in one reduce + broadcast when the step's
+# directions can be held at once: always for structured bases (a chunk is O(D) signs and
+# indices), and for dense ones while 4·d·D bytes stay within this budget; above it, each chunk
+# is generated, projected, exchanged and applied in turn (2 collective calls per chunk)
+ONE_EXCHANGE_BYTES = 256 * 2**20
 
 
 class RandomBasesDescent(Velocity):
@@ -65,19 +70,37 @@ class RandomBasesDescent(Velocity):
     def key_step(self, step: int) -> int:
         return step // self.redraw_every
 
-    def _chunks(self, step: int):
+    def _chunks(self, step: int, listed: bool = False):
+        """The step's (θ slice, chunk) pairs: generated one at a time into shared scratch
+        buffers, or (``listed``, and with --keep-in-memory) all held at once."""
         key = self.key_step(step)
         if not self.keep_in_memory:
-            return step_chunks(self.basis, self.compartments, key,
-                               self.directions_per_compartment, self.chunk_size)
+            chunks = step_chunks(self.basis, self.compartments, key,
+                                 self.directions_per_compartment, self.chunk_size, hold=listed)
+            return list(chunks) if listed else chunks
         if self._kept is None or self._kept[0] != key:
             self._kept = (key, list(step_chunks(self.basis, self.compartments, key,
                                                 self.directions_per_compartment, self.chunk_size,
                                                 reuse=False)))
         return self._kept[1]
 
+    def one_exchange(self) -> bool:
+        """Whether a shared-mode step holds all its directions at once and exchanges once."""
+        if self.basis.config.structured or self.keep_in_memory:
+            return True
+        dense = sum(4 * n * c.size for c, n in zip(self.compartments,
+                                                   self.directions_per_compartment))
+        return dense <= ONE_EXCHANGE_BYTES
+
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
              loss_at: Callable[[], float] | None = None) -> StepResult:
+        if self.mode == "shared" and self.one_exchange():
+            # project onto every direction, then the step's one exchange: d coordinates
+            # averaged over ranks; then apply them chunk by chunk, as replay does
+            chunks = self._chunks(step, listed=True)
+            mean = self.comm.allreduce_mean(torch.cat([chunk.project(grad[span])
+                                                       for span, chunk in chunks]))
+            return StepResult(self.replay_step(theta, step, lr, mean, chunks))
         if self.mode == "shared":
             def coefficients_for(span, chunk):
                 # the only per-step traffic: this chunk's coordinates, averaged over ranks
@@ -104,22 +127,24 @@ class RandomBasesDescent(Velocity):
         return torch.cat(parts)
 
     def replay_step(self, theta: torch.Tensor, step: int, lr: float,
-                    coefficients: torch.Tensor) -> torch.Tensor:
-        """Apply logged coefficients (no data needed): the same update as training."""
+                    coefficients: torch.Tensor, chunks=None) -> torch.Tensor:
+        """Apply logged coefficients (no data needed): the same update as training
+        (``chunks``: the step's directions when the caller holds them already)."""
         cursor = [0]
 
         def coefficients_for(span, chunk):
             lo = cursor[0]
             cursor[0] += chunk.n_coefficients
             return coefficients[lo:cursor[0]]
-        applied = self._apply(theta, step, lr, coefficients_for)
+        applied = self._apply(theta, step, lr, coefficients_for, chunks)
         if cursor[0] != coefficients.numel():
             raise ValueError(f"step {step}: {coefficients.numel()} coefficients logged, "
                              f"{cursor[0]} directions")
         return applied
 
-    def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for) -> torch.Tensor:
+    def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for,
+               chunks=None) -> torch.Tensor:
         """The step through the one update function, with this method's velocity if any."""
         velocity = self.velocity_for(theta) if self.momentum else None
-        return apply_step(theta, self._chunks(step), lr, coefficients_for, velocity, self.momentum,
-                          self.weight_decay)
+        return apply_step(theta, self._chunks(step) if chunks is None else chunks, lr,
+                          coefficients_for, velocity, self.momentum, self.weight_decay)
