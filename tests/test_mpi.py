@@ -120,6 +120,20 @@ def test_dense_directions_exchange_once_per_step(idx_dir, tmp_path):
         2000, 1000, 2)
 
 
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_sgd_gradient_goes_through_reduce_scatter_and_allgather(ranks, idx_dir, tmp_path):
+    """The baseline's D-float gradient: each rank sums one block of D/R floats, then every rank
+    gathers every block (a bandwidth-optimal allreduce, identical bits everywhere: --check-every
+    1 hashes θ on every rank after every step)."""
+    last = train_mpi(ranks, tmp_path / "sgd.h5", idx_dir, "--steps", "6", "--method", "sgd",
+                     "--check-every", "1")
+    D = 101_770
+    block = -(-D // ranks)
+    # handed to MPI: the padded gradient and this rank's block; filled: its block and the whole
+    assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == (
+        4 * (block * ranks + block), 4 * (block + block * ranks), 2)
+
+
 def test_per_rank_mode_sends_own_d_floats(idx_dir, tmp_path):
     last = train_mpi(2, tmp_path / "run.h5", idx_dir, "--steps", "8", "--mode", "per-rank", "--d", "25")
     assert last["bytes_per_step"] == 100  # each rank hands its own 25 coefficients to MPI
