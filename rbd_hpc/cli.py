@@ -23,7 +23,7 @@ from .inspect_run import describe, describe_epochs
 from .models import MODELS
 from .plot import plot
 from .preemption import EXIT_PREEMPTED, StopRequest
-from .replay import replay_to, verify
+from .replay import method_for, replay_to, verify
 from .resume import resumed_config
 from . import runlog
 from .runlog import RunFile
@@ -61,26 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
 
-    t = sub.add_parser("train", help="train a network (under mpiexec/srun: one rank per process)")
-    t.add_argument("--preset", choices=None, metavar="PRESET",
-                   help=FIELDS["preset"].metadata["help"] + ": " + ", ".join(PRESETS) + " (default fc-fmnist)")
-    add_config_options(t)
-    t.add_argument("--out", help="the run file (HDF5) to write (an existing one is refused)")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out run file")
-    t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
-    t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR: "
-                   "loss, learning rate and ms per step every step, scores every epoch "
-                   "(needs the tensorboard extra)")
-    t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
-    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    t.add_argument("--config", metavar="FILE", help="config fields from a TOML, YAML or JSON file "
-                   "(a preset, then the file, then the other options, each overriding the last)")
-    t.add_argument("--config-json", help="config fields as a JSON string (as stored in a run "
-                   "file); the same as --config")
-    t.add_argument("--print-config", action="store_true",
-                   help="print the merged config as JSON (usable as --config FILE) and exit")
-    t.add_argument("--dry-run", action="store_true", help="check the config, the outputs, the "
-                   "data, the model and the world size; train nothing")
+    _train_parser(sub)
 
     m = sub.add_parser("mpi-check", help="print this rank and the world size; fail if the world "
                        "is smaller than the Slurm step promises")
@@ -127,6 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--label", action="append", help="legend label of each input, in order "
                     "(repeat once per input)")
 
+    _bench_parser(sub)
+    return p
+
+
+def _train_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a network (under mpiexec/srun: one rank per process)")
+    t.add_argument("--preset", choices=None, metavar="PRESET",
+                   help=FIELDS["preset"].metadata["help"] + ": " + ", ".join(PRESETS) + " (default fc-fmnist)")
+    add_config_options(t)
+    t.add_argument("--out", help="the run file (HDF5) to write (an existing one is refused)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out run file")
+    t.add_argument("--metrics", help="per-epoch metrics as JSON lines")
+    t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard scalars to DIR: "
+                   "loss, learning rate and ms per step every step, scores every epoch "
+                   "(needs the tensorboard extra)")
+    t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument("--config", metavar="FILE", help="config fields from a TOML, YAML or JSON file "
+                   "(a preset, then the file, then the other options, each overriding the last)")
+    t.add_argument("--config-json", help="config fields as a JSON string (as stored in a run "
+                   "file); the same as --config")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the merged config as JSON (usable as --config FILE) and exit")
+    t.add_argument("--dry-run", action="store_true", help="check the config, the outputs, the "
+                   "data, the model and the world size; train nothing")
+
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="time RBD steps against SGD steps")
     b.add_argument("--model", default="fc")
     b.add_argument("--dataset", default="fmnist")
@@ -145,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time replaying the steps against training them")
     b.add_argument("--memory", action="store_true",
                    help="also compare peak memory of RBD and SGD training (fresh processes)")
-    return p
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +252,8 @@ def cmd_train(args, comm) -> int:
 def cmd_replay(args) -> int:
     check_option("threads", args.threads)  # the rule train applies to --threads
     with RunFile(args.run) as run:
+        if not run.replayable and (args.verify or not args.out):
+            method_for(run)  # says why a run without coefficients cannot be replayed
         threads = args.threads or run.config().threads
         if threads:
             torch.set_num_threads(threads)

@@ -79,9 +79,12 @@ def test_tiny_run_end_to_end(tmp_path, idx_dir):
     proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2", "--d", "20",
                    "--batch-size", "32", "--out", out, "--metrics", metrics, "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    summary = proc.stdout.strip().splitlines()
-    assert len(summary) == 1 and "test_acc" in summary[0]
+    *epochs, summary = proc.stdout.strip().splitlines()
+    assert "test_acc" in summary and proc.stderr == ""  # --no-progress: no bar, no lines
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [e.split(":")[0] for e in epochs] == ["epoch 1/2 step 18/36", "epoch 2/2 step 36/36"]
+    assert f"val_acc {rows[0]['val_acc']:.4f} test_acc {rows[0]['test_acc']:.4f}" in epochs[0]
+    assert "ETA" in epochs[0] and "ETA" not in epochs[1]  # none left to estimate at the end
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"val_loss", "val_acc", "test_loss", "test_acc", "ms_per_step", "cos_grad",
             "bytes_per_step"} <= set(rows[0])
