@@ -1,7 +1,8 @@
 """What a long command says while it runs: on a terminal a tqdm bar (rate and ETA) on stderr;
-off a terminal (a Slurm log) a plain line every tenth of the work, so that a log is never
-silent for long and is not flooded either. Log lines (an epoch's scores, a resume) go to
-stdout, through tqdm when a bar is drawn so that they do not tear it."""
+off a terminal (a Slurm log) a plain line on stdout every tenth of the work, so that a log is
+never silent for long and is not flooded either, and stderr keeps only errors (one line).
+Log lines (an epoch's scores, a resume) go to stdout, through tqdm when a bar is drawn so that
+they do not tear it."""
 from __future__ import annotations
 
 import sys
@@ -24,7 +25,7 @@ class StepProgress:
         self.total, self.label, self.unit, self.enabled = total, label, unit, enabled
         self.initial = self.done = initial
         self.t0 = time.monotonic()
-        self.tenth = -1
+        self.tenth = int(10 * initial / total) if total else 10  # the first line after a tenth
         self.bar = None
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=label, unit=unit,
@@ -36,16 +37,15 @@ class StepProgress:
         return (self.total - self.done) / rate if self.done > self.initial else None
 
     def update(self, done: int, **postfix) -> None:
+        previous, self.done = self.done, done  # counted even when silent: eta() uses it
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(done - self.done)
+            self.bar.update(done - previous)
             if postfix:
                 self.bar.set_postfix({k: f"{v:.4f}" if isinstance(v, float) else v
                                       for k, v in postfix.items()}, refresh=False)
-            self.done = done
             return
-        self.done = done
         tenth = int(10 * done / self.total) if self.total else 10
         if tenth > self.tenth:
             self.tenth = tenth
@@ -53,8 +53,7 @@ class StepProgress:
             extra = "".join(f"  {k} {v:.4f}" if isinstance(v, float) else f"  {k} {v}"
                             for k, v in postfix.items())
             print(f"{self.label}: {done}/{self.total} {self.unit}s{extra}"
-                  + (f"  ETA {clock(eta)}" if eta is not None else ""), file=sys.stderr,
-                  flush=True)
+                  + (f"  ETA {clock(eta)}" if eta is not None else ""), flush=True)
 
     def log(self, line: str) -> None:
         """A line for the log (stdout), whatever ``enabled`` says."""
