@@ -385,19 +385,15 @@ class Basis:
         self.device = torch.device(device)
         self.dtype = dtype
         self._buffers: dict[tuple[int, int], torch.Tensor] = {}
-        self._held: dict[tuple[int, int, int, int], torch.Tensor] = {}
 
     def chunks(self, key_step: int, compartment: int, size: int, indices: range,
-               chunk_size: int, count: int = 1, reuse: bool = True,
-               hold: bool = False) -> Iterator[DenseChunk | SRHTChunk]:
+               chunk_size: int, count: int = 1, reuse: bool = True) -> Iterator[DenseChunk | SRHTChunk]:
         """Chunks for ``indices`` of ``count`` adjacent compartments of ``size`` (count > 1
         only for srht, whose one batched transform covers every direction at once).
 
         With ``reuse`` a dense chunk lives in a scratch buffer that the next chunk of the
         same shape overwrites: consume chunks one at a time (as apply_step does), or pass
-        reuse=False to keep them all in fresh tensors. ``hold`` keeps them all too, each in
-        a buffer of its own that the same chunk of the next step overwrites (a step's chunks
-        stay valid together; no allocation, hence no page faults, after the first step)."""
+        reuse=False to keep them all."""
         if len(indices) == 0:
             return
         if self.sigma is not None and compartment in self.image_layers:
@@ -420,8 +416,7 @@ class Basis:
         # chunk costs thousands of page faults (the CPU allocator returns it to the OS)
         for lo in range(indices.start, indices.stop, chunk_size):
             sub = range(lo, min(lo + chunk_size, indices.stop))
-            buf = (self._slot(compartment, lo, len(sub), size) if hold else
-                   self._scratch(len(sub), size) if reuse else None)
+            buf = self._scratch(len(sub), size) if reuse else None
             yield DenseChunk(compartment, sub, self.dense(key_step, compartment, size, sub, out=buf))
 
     def _scratch(self, rows: int, size: int) -> torch.Tensor:
@@ -432,13 +427,6 @@ class Basis:
                 self._buffers.clear()
             self._buffers[key] = torch.empty(key, dtype=self.dtype, device=self.device)
         return self._buffers[key]
-
-    def _slot(self, compartment: int, lo: int, rows: int, size: int) -> torch.Tensor:
-        """The buffer of the chunk starting at direction ``lo`` of ``compartment``."""
-        key = (compartment, lo, rows, size)
-        if key not in self._held:
-            self._held[key] = torch.empty((rows, size), dtype=self.dtype, device=self.device)
-        return self._held[key]
 
     def dense(self, key_step: int, compartment: int, size: int, indices: range,
               out: torch.Tensor | None = None) -> torch.Tensor:

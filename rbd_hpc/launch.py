@@ -101,9 +101,11 @@ def _tasks(ex) -> tuple[int, str]:
     if isinstance(inner, submitit.SlurmExecutor):
         return int(p.get("ntasks_per_node", 1)) * int(p.get("nodes", 1)), "slurm"
     if isinstance(inner, submitit.LocalExecutor):
-        tasks = int(p.get("tasks_per_node", 1)) * int(p.get("nodes", 1))
-        inner.update_parameters(tasks_per_node=1, nodes=1)
-        return tasks, "local"
+        # asked of the executor once, kept on it: its own process count becomes 1
+        if not hasattr(inner, "rbd_tasks"):
+            inner.rbd_tasks = int(p.get("tasks_per_node", 1)) * int(p.get("nodes", 1))
+            inner.update_parameters(tasks_per_node=1, nodes=1)
+        return inner.rbd_tasks, "local"
     raise UserError(f"executor {type(inner).__name__}: use a submitit Slurm, Local or Auto "
                     "executor")
 

@@ -71,28 +71,26 @@ def test_replay_step_is_bitwise_the_training_step():
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "srht"])
-def test_one_exchange_per_step_and_the_chunked_pipeline_give_the_same_bits(monkeypatch, dist):
-    """Shared mode holds a step's directions and exchanges its d coefficients once while
-    4·d·D bytes fit ONE_EXCHANGE_BYTES; above it, dense directions exchange once per chunk.
-    Same θ, bit for bit."""
-    import rbd_hpc.methods.rbd as rbd
-
+def test_one_exchange_per_step_and_the_chunked_pipeline_give_the_same_bits(dist):
+    """A shared-mode step whose directions are held (structured chunks, or --keep-in-memory)
+    exchanges its d coefficients once; dense directions otherwise go chunk by chunk, one
+    exchange each. Same θ, bit for bit."""
     comps = build_compartments(SIZES, "layer", d_total=24)
     results = {}
-    for budget in (10**9, 0):
-        monkeypatch.setattr(rbd, "ONE_EXCHANGE_BYTES", budget)
+    for keep in (True, False):
         comm = SingleProcess()
         comm.traffic.phase = "step"
-        m = RandomBasesDescent(comps, Basis(BasisConfig(dist), 4), comm, chunk_size=4)
+        m = RandomBasesDescent(comps, Basis(BasisConfig(dist), 4), comm, chunk_size=4,
+                               keep_in_memory=keep)
         theta = torch.linspace(-1, 1, D)
         for step in range(6):
             m.step(theta, torch.cos(theta * (step + 2)), step, 0.2)
-        results[budget] = (theta, comm.traffic.calls["step"] / 6)
+        results[keep] = (theta, comm.traffic.calls["step"] / 6)
     chunks = sum(-(-n // 4) for n in m.directions_per_compartment)  # chunks of 4 per layer
     assert [c.d for c in comps] == [16, 8] and chunks == 6
-    assert torch.equal(results[10**9][0], results[0][0])
-    assert results[10**9][1] == 1
-    assert results[0][1] == (1 if dist == "srht" else 6)  # srht chunks are O(D): always held
+    assert torch.equal(results[True][0], results[False][0])
+    assert results[True][1] == 1
+    assert results[False][1] == (1 if dist == "srht" else 6)  # srht chunks are O(D): held
 
 
 def test_fpd_uses_the_same_directions_every_step_and_rbd_does_not():
@@ -335,10 +333,9 @@ def test_shared_mode_on_two_ranks_averages_the_coefficients():
         return theta, c, comm.traffic.totals("setup")
     (t0, c0, traffic0), (t1, c1, traffic1) = run_threaded(2, on_rank)
     assert torch.equal(t0, t1) and torch.equal(c0, c1)
-    # (sent, received, calls): d floats in, d floats back, one reduce and one broadcast for
-    # the whole step (its 3 chunks of 4 + 4 + 2 directions are held, then exchanged at once);
-    # the root (rank 0) also sends the broadcast
-    assert traffic0 == (2 * 4 * 10, 4 * 10, 2) and traffic1 == (4 * 10, 4 * 10, 2)
+    # (sent, received, calls): d floats in, d floats back, a reduce and a broadcast for each
+    # of the 3 dense chunks (4 + 4 + 2 directions); the root (rank 0) also sends the broadcast
+    assert traffic0 == (2 * 4 * 10, 4 * 10, 6) and traffic1 == (4 * 10, 4 * 10, 6)
     ref, c_ref = reference_rbd_step(torch.zeros(D), (grads[0] + grads[1]).double() / 2, basis,
                                     comps, 0, 0.5, [10])
     assert torch.allclose(c0.double(), c_ref, atol=1e-5)

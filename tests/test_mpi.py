@@ -112,10 +112,14 @@ def test_step_traffic_per_rank_does_not_grow_with_ranks_in_shared_mode(ranks, id
     assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == expected
 
 
-def test_dense_directions_exchange_once_per_step(idx_dir, tmp_path):
-    last = train_mpi(2, tmp_path / "run.h5", idx_dir, "--steps", "4", "--d", "250")
-    # gaussian in chunks of 50, held together (4·250·101,770 bytes ≤ ONE_EXCHANGE_BYTES): one
-    # reduce + broadcast pair per step, 1000 bytes
+def test_dense_directions_exchange_once_per_chunk_and_srht_once_per_step(idx_dir, tmp_path):
+    # gaussian in chunks of 50: five reduce + broadcast pairs, the same 1000 bytes in all
+    last = train_mpi(2, tmp_path / "g.h5", idx_dir, "--steps", "4", "--d", "250")
+    assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == (
+        2000, 1000, 10)
+    # srht over per-layer compartments (two transform groups): held, so one pair per step
+    last = train_mpi(2, tmp_path / "s.h5", idx_dir, "--steps", "4", "--d", "250", "--dist",
+                     "srht", "--compartments", "layer")
     assert (last["bytes_per_step"], last["recv_bytes_per_step"], last["calls_per_step"]) == (
         2000, 1000, 2)
 

@@ -46,18 +46,16 @@ def groups(compartments: list[Compartment], directions: list[int], batched: bool
 
 def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
                 directions_per_compartment: list[int], chunk_size: int,
-                reuse: bool = True, hold: bool = False) -> Iterator:
+                reuse: bool = True) -> Iterator:
     """(θ slice, chunk) for every direction of a step, in coefficient-log order.
 
     The plan depends only on the compartments, the direction counts and the chunk size,
     never on the rank or the number of ranks. With ``reuse`` (the default) dense chunks
-    share scratch buffers: consume them one at a time, or pass reuse=False to list them
-    (``hold``: list them in buffers kept from step to step, Basis.chunks).
+    share scratch buffers: consume them one at a time, or pass reuse=False to list them.
     """
     batched = basis.config.structured
     for g in groups(compartments, directions_per_compartment, batched):
-        for chunk in basis.chunks(key_step, g.first, g.size, range(g.n), chunk_size, g.count, reuse,
-                                  hold):
+        for chunk in basis.chunks(key_step, g.first, g.size, range(g.n), chunk_size, g.count, reuse):
             yield slice(g.start, g.stop), chunk
 
 
