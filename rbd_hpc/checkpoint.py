@@ -16,6 +16,7 @@ are exact.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,7 @@ from .data import SHAPES
 from .errors import UserError
 from .models import build_model
 from .replay import replay_to
-from .runlog import RunFile
+from .runlog import RunFile, check_writable
 from .seeds import Stream, derive_seed, torch_generator
 from .usercode import is_spec
 
@@ -86,22 +87,37 @@ def weights_at(run: RunFile, step: int | None = None,
     return Weights(run, step, theta, buffers, buffers_step)
 
 
-def save_checkpoint(weights: Weights, path: str) -> None:
+def check_checkpoint_path(path: str, overwrite: bool = False) -> None:
+    """Before any replay: a .pt or .npz name in a writable directory, not an existing file
+    (unless ``overwrite``)."""
+    if not str(path).strip():
+        raise UserError("--out '' is empty; give a .pt or .npz file name")
+    if not str(path).endswith((".pt", ".npz")):
+        raise UserError(f"--out {path}: use a .pt or .npz file name")
+    check_writable(Path(path), "--out")
+    if Path(path).exists() and not overwrite:
+        raise UserError(f"--out {path} already exists; choose another name or pass --overwrite")
+
+
+def save_checkpoint(weights: Weights, path: str, overwrite: bool = False) -> None:
     """``path``: .pt (torch) or .npz (NumPy); either holds the state dict, the config (with the
-    model's factory) and the step."""
+    model's factory) and the step. Written beside ``path`` and renamed into place, so a
+    failed write leaves any earlier file whole."""
+    check_checkpoint_path(path, overwrite)
     meta = {"format": FORMAT, "config": weights.config_json, "step": weights.step,
             "buffers_step": weights.buffers_step, "run": weights.run_path}
     state = weights.state_dict()
+    tmp = Path(path).with_name(Path(path).name + ".part" + Path(path).suffix)
     try:
         if path.endswith(".pt"):
-            torch.save({**meta, "state_dict": state}, path)
-        elif path.endswith(".npz"):
-            np.savez(path, __meta__=np.array(json.dumps(meta)),
-                     **{k: v.numpy() for k, v in state.items()})
+            torch.save({**meta, "state_dict": state}, tmp)
         else:
-            raise UserError(f"--out {path}: use a .pt or .npz file name")
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+            np.savez(tmp, __meta__=np.array(json.dumps(meta)),
+                     **{k: v.numpy() for k, v in state.items()})
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports I/O failures as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def read_checkpoint(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -29,7 +29,7 @@ from . import runlog
 from .runlog import RunFile
 from .train import dry_run, train
 from .api import evaluate as evaluate_run
-from .checkpoint import save_checkpoint, weights_at
+from .checkpoint import check_checkpoint_path, save_checkpoint, weights_at
 from .fetch import fetch
 from .progress import StepProgress
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="write a checkpoint (.pt or .npz): parameters, buffers, the "
                    "config and the step; rbd_hpc.load(FILE) gives the model")
     r.add_argument("--verify", action="store_true", help="compare with every stored snapshot")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     r.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress (a bar on a terminal, a line every 10%% otherwise)")
     r.add_argument("--threads", type=_int, help="torch threads (default: the run's --threads, "
@@ -252,8 +253,10 @@ def cmd_train(args, comm) -> int:
 def cmd_replay(args) -> int:
     check_option("threads", args.threads)  # the rule train applies to --threads
     with RunFile(args.run) as run:
-        if not run.replayable and (args.verify or not args.out):
+        if not run.replayable and (args.verify or args.out is None):
             method_for(run)  # says why a run without coefficients cannot be replayed
+        if args.out is not None:  # before minutes of replay, not after
+            check_checkpoint_path(args.out, args.overwrite)
         threads = args.threads or run.config().threads
         if threads:
             torch.set_num_threads(threads)
@@ -269,16 +272,16 @@ def cmd_replay(args) -> int:
                   f"{len(lines)} snapshots, max |diff| {worst:.3g} ({n} thread{'s' * (n > 1)})")
             if not ok:
                 return 1
-        if args.out or not args.verify:
+        if args.out is not None or not args.verify:
             bar = StepProgress(target, f"replay {args.run}", args.progress)
             weights = weights_at(run, target, on_step=lambda done, _: bar.update(done))
             bar.close()
-            if args.out:
-                save_checkpoint(weights, args.out)
+            if args.out is not None:
+                save_checkpoint(weights, args.out, args.overwrite)
             print(f"replayed {target} steps of {args.run}"
-                  + (f"; checkpoint written to {args.out}" if args.out else "")
+                  + (f"; checkpoint written to {args.out}" if args.out is not None else "")
                   + (f" (buffers from the snapshot of step {weights.buffers_step})"
-                     if args.out and weights.buffers_step is not None else ""))
+                     if args.out is not None and weights.buffers_step is not None else ""))
     return 0
 
 

@@ -1,4 +1,5 @@
 """Errors a user can cause. The CLI prints them as one line and exits with code 2."""
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -18,6 +19,19 @@ def choice_error(flag: str, value, valid) -> UserError:
 def require_choice(flag: str, value, valid) -> None:
     if value not in valid:
         raise choice_error(flag, value, valid)
+
+
+def make_directory(path, flag: str):
+    """``path`` as a directory, created with its parents; the one wording when it cannot be
+    (an empty name, a file in the way, no permission). Returns it as a Path."""
+    if not str(path).strip():
+        raise UserError(f"{flag} '' is empty; give a directory")
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {flag} {out}: {e.strerror or e}") from None
+    return out
 
 
 def require_positive(flag: str, value, allow_none: bool = False) -> None:

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import UserError, require_choice
+from .errors import UserError, make_directory, require_choice
 
 SOURCES = {
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
@@ -85,11 +85,7 @@ def fetch(name: str, directory: str, url: str | None = None,
     if not base.endswith("/"):
         base += "/"
     files = _checksums(checksums, default)
-    out = Path(directory)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --dir {out}: {e.strerror or e}") from None
+    out = make_directory(directory, "--dir")
     lines = []
     for file, expected in files.items():
         target = out / file

@@ -187,12 +187,13 @@ def _checked_executor(runs: list[tuple[TrainConfig, str]], executor_, folder: st
                       params: dict) -> tuple[object, int, str]:
     """(executor, ranks per job, backend), after every run passed check_submission; nothing
     (not even the log folder) is created for a submission that is refused."""
-    if executor_ is None:
+    if executor_ is None:  # checked before the executor exists: it creates its log folder
         tasks = int(params.get("tasks_per_node", 1)) * int(params.get("nodes", 1))
         for cfg, out in runs:
             check_submission(cfg, out, tasks)
         executor_ = executor(folder, **params)
-    elif params:
+        return executor_, *_tasks(executor_)
+    if params:
         executor_.update_parameters(**params)
     tasks, backend = _tasks(_for_mpi(executor_))
     for cfg, out in runs:

@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, make_directory
 from .methods import GRADIENT_METHODS
 from .runlog import RunFile
 
@@ -194,11 +194,7 @@ def plot(paths: list[str], out_dir: str, labels: list[str] | None = None) -> lis
     import matplotlib.pyplot as plt
 
     runs = load_runs(paths, labels)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {out}: {e.strerror}") from None
+    out = make_directory(out_dir, "--out")
     written: list[Path] = []
     _curves(plt, runs, out, written)
     _accuracy_against_d(plt, runs, out, written)

@@ -215,7 +215,7 @@ class Recorder:
         """One line per epoch for the log: where the run is, its scores, its speed, its ETA."""
         r, total, per = self.record, self.run.total, self.run.stream.steps_per_epoch
         eta = self.bar.eta()
-        return (f"epoch {r['epoch']:g}/{total / per:.4g} step {r['step']}/{total}: train_loss "
+        return (f"epoch {r['epoch']:.4g}/{total / per:.4g} step {r['step']}/{total}: train_loss "
                 f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}, "
                 f"{r['ms_per_step']:.2f} ms/step, elapsed {clock(time.monotonic() - self.bar.t0)}"
                 + (f", ETA {clock(eta)}" if eta is not None and r["step"] < total else ""))

@@ -279,6 +279,8 @@ def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | No
     an existing run file unless ``overwrite``; ``resume`` continues the one at ``out``.
     ``tensorboard``: a directory for TensorBoard scalars (rank 0; needs tensorboard)."""
     with contextlib.ExitStack() as held:
+        if tensorboard is not None and not str(tensorboard).strip():
+            raise UserError("--tensorboard '' is empty; give a directory")
         on_root(comm, lambda: check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite,
                                             lock=held))
         return _train(cfg, comm, out, metrics_path, progress, resume, should_stop, tensorboard)

@@ -147,3 +147,25 @@ def test_resnet8_checkpoint_loads_strictly_and_eval_reproduces_the_logged_accura
     with RunFile(out) as run:
         logged = run.metrics()[-1]["test_acc"]
     assert f"test_acc {logged:.4f}" in proc.stdout and f"logged test_acc {logged:.4f}" in proc.stdout
+
+
+def test_careless_outputs_are_refused_before_any_work(tmp_path):
+    run = tmp_path / "r.h5"
+    proc = run_cli("train", "--model", MODEL, "--data", DATA, "--lr", "0.05", "--steps", "5",
+                   "--d", "8", "--dist", "srht", "--val-size", "64", "--no-progress", "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    assert_user_error(run_cli("replay", run, "--out", ""), "--out '' is empty")
+    assert_user_error(run_cli("replay", run, "--out", tmp_path / "no" / "w.pt"),
+                      "output directory", "does not exist")
+    assert_user_error(run_cli("replay", run, "--out", tmp_path / "w.h5"), "use a .pt or .npz")
+    first = tmp_path / "w.pt"
+    assert run_cli("replay", run, "--out", first, "--no-progress").returncode == 0
+    before = first.read_bytes()
+    assert_user_error(run_cli("replay", run, "--out", first), "already exists", "--overwrite")
+    assert first.read_bytes() == before  # the same output twice loses nothing
+    assert run_cli("replay", run, "--out", first, "--overwrite", "--no-progress").returncode == 0
+    assert not list(tmp_path.glob("*.part*"))
+    assert_user_error(run_cli("data", "mnist", "--dir", ""), "--dir '' is empty")
+    assert_user_error(run_cli("train", "--tensorboard", "", "--steps", "1", "--out",
+                              tmp_path / "t.h5"), "--tensorboard '' is empty")
+    assert not (tmp_path / "t.h5").exists()

@@ -173,29 +173,31 @@ def test_design_doc_is_where_the_docstrings_point():
 
 # -- one configuration mechanism: a file, the merged view, a dry run -------------------------------
 
+def printed_config(path, text: str, *flags) -> dict:
+    """``text`` written to ``path``, then ``train --config path FLAGS --print-config``."""
+    path.write_text(text)
+    proc = run_cli("train", "--config", path, *flags, "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 def test_a_config_file_merges_under_the_flags_and_prints(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('preset = "cnn-fmnist"\nlr = 0.5\ndist = "srht"\nsteps = 100\n')
-    proc = run_cli("train", "--config", toml, "--lr", "0.1", "--print-config")
-    assert proc.returncode == 0, proc.stderr
-    merged = json.loads(proc.stdout)
+    merged = printed_config(toml, 'preset = "cnn-fmnist"\nlr = 0.5\ndist = "srht"\nsteps = 100\n',
+                            "--lr", "0.1")
     # the preset's model, then the file, then the flags
     assert (merged["model"], merged["d"], merged["dist"], merged["steps"], merged["lr"]) == (
         "cnn", 250, "srht", 100, 0.1)
-    again = tmp_path / "merged.json"  # what --print-config shows is a config file itself
-    again.write_text(proc.stdout)
-    proc = run_cli("train", "--config", again, "--print-config")
-    assert json.loads(proc.stdout) == merged
+    # what --print-config shows is a config file itself
+    assert printed_config(tmp_path / "merged.json", json.dumps(merged)) == merged
     proc = run_cli("train", "--config", toml, "--preset", "fc-fmnist", "--print-config")
     assert json.loads(proc.stdout)["model"] == "fc"  # the --preset flag outranks the file
 
 
 def test_a_yaml_config_file_and_flags_merge(tmp_path):
-    run = tmp_path / "run.yaml"
-    run.write_text("preset: cnn-fmnist\nmethod: rbd\ndist: srht\nd: 64\nlr: 0.5\n")
-    proc = run_cli("train", "--config", run, "--lr", "0.1", "--print-config")
-    assert proc.returncode == 0, proc.stderr
-    merged = json.loads(proc.stdout)
+    merged = printed_config(tmp_path / "run.yaml",
+                            "preset: cnn-fmnist\nmethod: rbd\ndist: srht\nd: 64\nlr: 0.5\n",
+                            "--lr", "0.1")
     assert (merged["model"], merged["dist"], merged["d"], merged["lr"]) == ("cnn", "srht", 64, 0.1)
     for name, text, fragment in [("bad.yaml", "d: [1,\n", "is not valid YAML: while parsing"),
                                  ("list.yml", "- 1\n- 2\n", "must be a mapping of config "
