@@ -22,6 +22,7 @@ of it than unstructured ones; every other compartment uses ``srht``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Iterator
 
@@ -29,7 +30,9 @@ import numpy as np
 import torch
 
 from .errors import UserError, require_choice
-from .seeds import Stream, derive_seeds, random_words
+from .kernels import (CURRENT, KERNELS, fold, fwht_butterfly, fwht_inplace, fwht_radix16,
+                      gaussian_rows, srht_rows, srht_signed_scales, sum_in_order)
+from .seeds import Stream, derive_seeds, root_key
 
 DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht", "smooth:SIGMA")
 NORMALIZATIONS = ("expected", "exact")
@@ -54,11 +57,13 @@ class BasisConfig:
     dist: str = "gaussian"
     normalize: str = "expected"
     antithetic: bool = False
+    kernels: int = CURRENT     # the arithmetic's generation (kernels.py): a run file's own
 
     def __post_init__(self):
         if smooth_sigma(self.dist) is None:
             require_choice("--dist", self.dist, DISTRIBUTIONS)
         require_choice("--normalize", self.normalize, NORMALIZATIONS)
+        require_choice("kernels", self.kernels, KERNELS)
 
     @property
     def structured(self) -> bool:
@@ -120,39 +125,6 @@ class DenseChunk:
         return c @ self.phi
 
 
-_HADAMARD: dict[tuple, torch.Tensor] = {}
-
-
-def hadamard(n: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """Sylvester Hadamard matrix H_n (entries ±1), cached."""
-    key = (n, dtype, str(device))
-    if key not in _HADAMARD:
-        H = torch.ones((1, 1), dtype=dtype)
-        while H.shape[0] < n:
-            H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
-        _HADAMARD[key] = H.to(device)
-    return _HADAMARD[key]
-
-
-def fwht(x: torch.Tensor, radix: int = 16) -> torch.Tensor:
-    """Unnormalised fast Walsh–Hadamard transform along the last axis (Sylvester order).
-
-    Radix-16 passes: each pass multiplies one 4-bit digit of the index by H_16 (a batched
-    matmul), so log16(n) passes instead of log2(n) — H_n is the Kronecker product of the
-    per-digit factors, which act on different index bits and therefore commute.
-    """
-    n = x.shape[-1]
-    if n & (n - 1):
-        raise ValueError(f"fwht needs a power-of-two length, got {n}")
-    y = x
-    h = 1
-    while h < n:
-        r = min(radix, n // h)
-        y = torch.matmul(hadamard(r, x.dtype, x.device), y.reshape(-1, r, h))
-        h *= r
-    return y.reshape(x.shape)
-
-
 def power_of_two_blocks(size: int) -> list[tuple[int, int]]:
     """Split ``size`` into power-of-two blocks (offset, length), largest first."""
     blocks, offset = [], 0
@@ -180,32 +152,59 @@ class SRHTChunk:
     two ≥ m. Signs and row maps come from Philox counters (stream SRHT, step, compartment,
     word), so a direction is a pure function of its key on every device.
 
-    project and combine cost O(S log S) per compartment for all its directions, batched
-    over the K compartments.
+    Generation 2 arithmetic (kernels.py): project is c = Σ_b gather_b(FWHT(g ⊙ s/√S)) over
+    the blocks in order (no leading zero); combine is FWHT(scatter(c)) ⊙ s/√S, with the
+    coefficients of a shared row summed in direction order (antithetic pairs, then
+    ``fold``). On the CPU in float32 each transform runs in place in one NumPy buffer through
+    the fast kernel; elsewhere, and where autograd differentiates through the chunk (the
+    coordinates-as-parameters formulation), through the reference butterflies; both give the
+    same bits (tests/test_kernels.py). One transform per block and compartment serves all
+    directions.
     """
 
     def __init__(self, first: int, count: int, size: int, indices: range, root_seed: int,
                  key_step: int, antithetic: bool, device, dtype):
         self.compartment, self.count, self.size, self.indices = first, count, size, indices
         self.blocks = power_of_two_blocks(size)
-        comps = np.arange(first, first + count)
-        words = (size + 127) // 128
-        bits = random_words(root_seed, Stream.SRHT, key_step, comps, np.arange(words))
-        signs = np.unpackbits(bits.view(np.uint8).reshape(count, -1), axis=1,
-                              bitorder="little")[:, :size]
-        self.signs = torch.from_numpy(signs.astype(np.float32) * 2 - 1).to(device, dtype)
-        rowkeys = random_words(root_seed, Stream.SRHT, key_step, comps,
-                               _ROW_WORD + np.arange(len(self.blocks))).astype(np.int64)
-        key_idx, self.dir_sign = _key_and_sign(indices, antithetic)
-        j = key_idx.numpy().astype(np.int64)
-        self.rows = []
-        for b, (_, n) in enumerate(self.blocks):
-            alpha = (rowkeys[:, b, 0] % n) | 1
-            beta = rowkeys[:, b, 1] % n
-            rows = (((j[None, :] % n) ^ beta[:, None]) * alpha[:, None]) % n
-            self.rows.append(torch.from_numpy(rows).to(device))
         self.scale = 1.0 / math.sqrt(size)
         self.m = len(indices)
+        key_idx, self.dir_sign = _key_and_sign(indices, antithetic)
+        # ±1/√S per parameter: the signs (compiled Philox, the words ``random_words`` gives)
+        k0, k1 = root_key(root_seed)
+        signed_scale = np.empty((count, size), dtype=np.float32)
+        srht_signed_scales(k0, k1, int(Stream.SRHT), key_step, first, self.scale, signed_scale)
+        self.signed_scale = torch.from_numpy(signed_scale).to(device, dtype)
+        # directions share a key in antithetic pairs, and keys share a Hadamard row of an
+        # n-row block when they agree mod n: rows are computed per key (compiled Philox, the
+        # words ``random_words`` gives for counters _ROW_WORD + block), and combine sums the
+        # coefficients of a row in direction order (pairs first, then ``fold``)
+        j = key_idx.numpy().astype(np.int64)
+        self.first_key = int(j[0]) if self.m else 0
+        n_keys = int(j[-1]) + 1 - self.first_key if self.m else 0
+        lengths = np.array([length for _, length in self.blocks], dtype=np.int64)
+        key_rows = np.empty((count, len(self.blocks), n_keys), dtype=np.int64)
+        srht_rows(k0, k1, int(Stream.SRHT), key_step, first, _ROW_WORD, lengths, self.first_key,
+                  key_rows)
+        self.key_rows = list(key_rows.transpose(1, 0, 2))                # per block: (K, keys)
+        self._direction_rows = (key_rows if not antithetic
+                                else key_rows[:, :, j - self.first_key]).transpose(1, 0, 2)
+        self.device = self.signed_scale.device
+        # the in-place NumPy path: CPU float32; columns of every block's rows in the buffer
+        self.fast = self.device.type == "cpu" and dtype == torch.float32
+        offsets = np.array([off for off, _ in self.blocks], dtype=np.int64)
+        self._columns = self._direction_rows + offsets[:, None, None]   # (blocks, K, m)
+        self._compartment_axis = np.arange(count)[:, None]
+
+    @functools.cached_property
+    def rows(self) -> list[torch.Tensor]:
+        """Per block, the (K, m) Hadamard rows of the chunk's directions."""
+        return [torch.from_numpy(np.ascontiguousarray(r)).to(self.device)
+                for r in self._direction_rows]
+
+    @property
+    def signs(self) -> torch.Tensor:
+        """s (±1 per parameter), for references and tests."""
+        return torch.sign(self.signed_scale)
 
     @property
     def n_coefficients(self) -> int:
@@ -214,10 +213,80 @@ class SRHTChunk:
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """Coefficients, compartment-major: (K·m,)."""
+        if self.fast and not g.requires_grad:   # autograd (coordinates.py) takes the reference
+            X = np.multiply(g.reshape(self.count, self.size).numpy(), self.signed_scale.numpy())
+            fwht = fwht_inplace()
+            for off, n in self.blocks:
+                for k in range(self.count):
+                    fwht(X[k, off:off + n])
+            # (blocks, K, m) gathered at once, then summed block by block in order
+            gathered = X[self._compartment_axis, self._columns].reshape(1, len(self.blocks), -1)
+            c = torch.from_numpy(sum_in_order(gathered).reshape(self.count, self.m))
+        else:
+            X = g.reshape(self.count, self.size) * self.signed_scale
+            c = None
+            for (off, n), rows in zip(self.blocks, self.rows):
+                part = torch.gather(fwht_butterfly(X[:, off:off + n]), 1, rows)
+                c = part if c is None else c + part
+            if c is None:
+                c = torch.zeros((self.count, 0), dtype=g.dtype, device=g.device)
+        if self.dir_sign is not None:
+            c = c * self.dir_sign.to(c.device)
+        return c.reshape(-1)
+
+    def per_key(self, c: torch.Tensor) -> torch.Tensor:
+        """(K, m) signed coefficients → (K, keys): the two directions of an antithetic pair
+        added, even index first (a key with one direction in the chunk adds an exact 0)."""
+        if self.dir_sign is None:
+            return c
+        n_keys = self.key_rows[0].shape[1] if self.key_rows else 0
+        slots = torch.zeros((self.count, 2 * n_keys), dtype=c.dtype, device=c.device)
+        slots[:, torch.arange(self.indices.start, self.indices.stop) - 2 * self.first_key] = c
+        return slots[:, 0::2] + slots[:, 1::2]
+
+    def combine(self, c: torch.Tensor) -> torch.Tensor:
+        c = c.reshape(self.count, self.m)
+        if self.dir_sign is not None:
+            c = c * self.dir_sign.to(c.device)
+        c = self.per_key(c)
+        if self.fast and not c.requires_grad:
+            out = np.zeros((self.count, self.size), dtype=np.float32)
+            fwht, coefficients = fwht_inplace(), c.numpy()
+            for (off, n), rows in zip(self.blocks, self.key_rows):
+                folded = fold(coefficients, n)
+                out[self._compartment_axis, off + rows[:, :folded.shape[1]]] = folded
+                for k in range(self.count):
+                    fwht(out[k, off:off + n])
+            out *= self.signed_scale.numpy()
+            return torch.from_numpy(out).reshape(-1)
+        out = torch.empty((self.count, self.size), dtype=c.dtype, device=c.device)
+        for (off, n), rows in zip(self.blocks, self.key_rows):
+            folded = fold(c, n)
+            z = torch.zeros((self.count, n), dtype=c.dtype, device=c.device)
+            z.scatter_(1, torch.from_numpy(rows[:, :folded.shape[1]]).to(c.device), folded)
+            out[:, off:off + n] = fwht_butterfly(z)
+        out *= self.signed_scale
+        return out.reshape(-1)
+
+
+class SRHTChunkV1(SRHTChunk):
+    """Generation-1 arithmetic (run files of format 2): radix-16 transforms, the scale applied
+    to the coefficients and the scatter-added step; the same directions up to rounding."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.fast = False
+        self._signs = torch.sign(self.signed_scale)
+
+    @property
+    def signs(self) -> torch.Tensor:
+        return self._signs
+
+    def project(self, g: torch.Tensor) -> torch.Tensor:
         X = g.reshape(self.count, self.size) * self.signs
         c = torch.zeros((self.count, self.m), dtype=g.dtype, device=g.device)
         for (off, n), rows in zip(self.blocks, self.rows):
-            c += torch.gather(fwht(X[:, off:off + n]), 1, rows)
+            c += torch.gather(fwht_radix16(X[:, off:off + n]), 1, rows)
         c *= self.scale
         if self.dir_sign is not None:
             c *= self.dir_sign.to(c.device)
@@ -231,7 +300,7 @@ class SRHTChunk:
         for (off, n), rows in zip(self.blocks, self.rows):
             z = torch.zeros((self.count, n), dtype=c.dtype, device=c.device)
             z.scatter_add_(1, rows, c)
-            out[:, off:off + n] = fwht(z)
+            out[:, off:off + n] = fwht_radix16(z)
         out *= self.signs
         out *= self.scale
         return out.reshape(-1)
@@ -440,22 +509,32 @@ class Basis:
         # One generator per row: a direction depends on its key only, never on the chunk.
         # (Filling rows from Python threads was measured: torch's CPU normal sampler does
         # not scale with them and NumPy's bit unpacking contends for the GIL.)
-        gen = torch.Generator(device=self.device)
-        for row, seed in enumerate(seeds):
-            gen.manual_seed(int(seed))
-            fill_direction(cfg.dist, gen, phi[row])
-        if cfg.normalize == "exact":
-            phi /= phi.norm(dim=1, keepdim=True)
+        if (cfg.dist == "gaussian" and cfg.kernels >= 2 and phi.device.type == "cpu"
+                and phi.dtype == torch.float32 and phi.is_contiguous()):
+            # compiled Philox + ziggurat (kernels.py), E‖φ‖² = 1 folded into the sampler:
+            # the row is written once
+            exact = cfg.normalize == "exact"
+            gaussian_rows(phi.numpy(), seeds, 1.0 if exact else 1.0 / math.sqrt(size))
+            if exact:
+                phi /= phi.norm(dim=1, keepdim=True)
         else:
-            phi *= 1.0 / math.sqrt(size)
+            gen = torch.Generator(device=self.device)
+            for row, seed in enumerate(seeds):
+                gen.manual_seed(int(seed))
+                fill_direction(cfg.dist, gen, phi[row])
+            if cfg.normalize == "exact":
+                phi /= phi.norm(dim=1, keepdim=True)
+            else:
+                phi *= 1.0 / math.sqrt(size)
         if sign is not None:
             phi *= sign.to(phi.device, phi.dtype).unsqueeze(1)
         return phi
 
     def srht_chunk(self, key_step: int, compartment: int, size: int, indices: range,
                    count: int = 1) -> SRHTChunk:
-        return SRHTChunk(compartment, count, size, indices, self.root_seed, key_step,
-                         self.config.antithetic, self.device, self.dtype)
+        cls = SRHTChunkV1 if self.config.kernels == 1 else SRHTChunk
+        return cls(compartment, count, size, indices, self.root_seed, key_step,
+                   self.config.antithetic, self.device, self.dtype)
 
     def matrix(self, key_step: int, compartment: int, size: int, indices: range) -> torch.Tensor:
         """Materialised Φ (m × size) for any distribution — for references and tests."""

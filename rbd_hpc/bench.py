@@ -24,13 +24,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
-from .bases import Basis, BasisConfig, smooth_image_layers
+from .bases import Basis, BasisConfig, power_of_two_blocks, smooth_image_layers
 from .comm import SingleProcess
 from .compartments import build_compartments
 from .data import SHAPES, Split
+from .kernels import fwht_backend, fwht_butterfly, fwht_inplace, fwht_radix16, gaussian_rows
 from .methods import SGD, RandomBasesDescent
 from .models import FlatParameters, build_model
 from .svrg import Anchor
@@ -76,11 +78,37 @@ def label(dist: str, compartments: str) -> str:
     return f"rbd-{dist}" + ("" if compartments == "network" else f"@{compartments}")
 
 
+def ceiling_steppers(h: Harness, m: RandomBasesDescent, name: str) -> dict:
+    """The direction work of ``m``'s step without the forward and backward pass: the whole of it
+    ("directions only": make, project, exchange, apply, on a fixed gradient), and its floor —
+    making the directions alone (srht: signs and rows, then the two transforms of every block;
+    dense: sampling every chunk)."""
+    g = h.grad()
+    out = {f"{name}: directions only": lambda t: m.step(h.flat.theta, g, t, 1e-4)}
+
+    def make(t):
+        return [chunk for _, chunk in m._chunks(t)]
+    if m.basis.config.structured:
+        blocks = [(c.start + off, n) for c in m.compartments
+                  for off, n in power_of_two_blocks(c.size)]
+        buf = g.numpy().copy()
+
+        def transforms(t):
+            make(t)
+            for _ in range(2):        # one to project, one to apply
+                for start, n in blocks:
+                    fwht_inplace()(buf[start:start + n])
+        out[f"{name}: signs+rows+2 fwht"] = transforms
+    else:
+        out[f"{name}: sampling only"] = make
+    return out
+
+
 def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
               dists: tuple[str, ...] = ("gaussian", "rademacher", "uniform", "srht"),
               compartments: tuple[str, ...] = ("network",), batch_size: int = 32, steps: int = 20,
               threads: int | None = None, device: str = "cpu", reference: bool = True,
-              chunk: int = 50, svrg_every: int = 0) -> list[dict]:
+              chunk: int = 50, svrg_every: int = 0, ceilings: bool = False) -> list[dict]:
     if threads:
         torch.set_num_threads(threads)
     h = Harness(model_name, dataset, batch_size, device)
@@ -90,6 +118,9 @@ def run_bench(model_name: str = "fc", dataset: str = "fmnist", d: int = 250,
         for dist in dists:
             m = h.rbd(d, dist, comp, chunk)
             steppers[label(dist, comp)] = (lambda m: lambda t: m.step(h.flat.theta, h.grad(), t, 1e-4))(m)
+            if ceilings:
+                own = h.rbd(d, dist, comp, chunk)
+                steppers.update(ceiling_steppers(h, own, label(dist, comp)))
     pass_ms = 0.0
     if svrg_every:
         anchor = Anchor(h.model, device)
@@ -195,3 +226,44 @@ def format_table(rows: list[dict], header: str) -> str:
         lines.append(f"{r['config']:<28} {r['ms_per_step']:>17.3f} {r['ratio_to_sgd']:>8.2f} "
                      f"{r['ratio_to_reference']:>12.2f}")
     return "\n".join(lines)
+
+
+def kernel_table(repeats: int = 30) -> list[tuple[str, float]]:
+    """ns per element of the kernels directions are made of, next to what the memory allows:
+    interleaved medians of a float32 copy in cache (2¹⁷ elements, 512 KB) and out of it (2²⁴,
+    64 MB), the transforms of 2¹⁷ elements (in place: the fast one, generation 1's radix-16
+    matmuls, the reference butterflies) and the normal samplers (ours; generation 1's
+    torch.randn per direction), on the current thread count."""
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal(1 << 17).astype(np.float32)
+    large = rng.standard_normal(1 << 24).astype(np.float32)
+    work, big = small.copy(), np.empty_like(large)
+    rows = np.empty((4, 1 << 17), dtype=np.float32)
+    seeds = np.arange(4, dtype=np.uint64) + 1
+    gen = torch.Generator()
+    torch_rows = torch.empty((4, 1 << 17))
+
+    def torch_normals():
+        for r in range(4):
+            gen.manual_seed(r + 1)
+            torch.randn(1 << 17, generator=gen, out=torch_rows[r])
+    kernels = {
+        "copy, in cache (512 KB)": (lambda: np.copyto(work, small), small.size),
+        "copy, memory (64 MB)": (lambda: np.copyto(big, large), large.size),
+        f"fwht 2^17, {fwht_backend()}": (lambda: fwht_inplace()(work), small.size),
+        "fwht 2^17, radix-16 matmuls (gen. 1)": (lambda: fwht_radix16(torch.from_numpy(work)),
+                                                 small.size),
+        "fwht 2^17, torch butterflies": (lambda: fwht_butterfly(torch.from_numpy(work)),
+                                         small.size),
+        "normals, Philox+ziggurat (gen. 2)": (lambda: gaussian_rows(rows, seeds), rows.size),
+        "normals, torch.randn (gen. 1)": (torch_normals, rows.size),
+    }
+    times: dict[str, list[float]] = {k: [] for k in kernels}
+    for r in range(repeats + 2):
+        for name, (fn, _) in kernels.items():
+            np.copyto(work, small)   # the transforms grow their input: start each from the same
+            t0 = time.perf_counter()
+            fn()
+            if r >= 2:
+                times[name].append(time.perf_counter() - t0)
+    return [(name, statistics.median(times[name]) / n * 1e9) for name, (_, n) in kernels.items()]

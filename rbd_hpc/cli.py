@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .bases import BasisConfig
-from .bench import format_table, memory_ratio, replay_ratio, run_bench
+from .bench import format_table, kernel_table, memory_ratio, replay_ratio, run_bench
 from .comm import create_communicator, install_abort_handler, on_root
 from .compartments import segments
 from . import __version__
@@ -155,6 +155,12 @@ def _bench_parser(sub) -> None:
                    help="also time replaying the steps against training them")
     b.add_argument("--memory", action="store_true",
                    help="also compare peak memory of RBD and SGD training (fresh processes)")
+    b.add_argument("--ceilings", action="store_true",
+                   help="also time each RBD row's direction work alone (no forward/backward) "
+                        "and its floor: srht's signs, rows and two transforms; dense sampling")
+    b.add_argument("--kernels", action="store_true",
+                   help="also time the transform and the samplers alone, in ns per element, "
+                        "next to a copy in and out of cache")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +171,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         if not meta["cli"]:
             continue
         base, _ = field_kind(f)
-        text = meta["help"] + (": " + ", ".join(meta["choices"]) if meta["choices"] else "")
+        text = meta["help"] + (": " + ", ".join(map(str, meta["choices"])) if meta["choices"] else "")
         if base == "bool":  # --augment / --no-augment: a later flag can undo an earlier one
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
                                 default=None, help=text + " (default off)")
@@ -329,7 +335,7 @@ def cmd_bench(args) -> int:
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,
                      threads=args.threads, device=args.device, reference=args.reference,
-                     chunk=args.chunk, svrg_every=args.svrg_every)
+                     chunk=args.chunk, svrg_every=args.svrg_every, ceilings=args.ceilings)
     print(format_table(rows, f"# {args.model}-{args.dataset}, d={args.d}, batch 32, "
                        f"{torch.get_num_threads()} threads, {args.steps} interleaved steps, "
                        f"{args.device}"))
@@ -344,6 +350,11 @@ def cmd_bench(args) -> int:
                 r = replay_ratio(args.model, args.dataset, args.d, dist, comp, args.steps, args.device)
                 print(f"{r['config']:<28} train {r['train_s']:.3f} s  replay {r['replay_s']:.3f} s  "
                       f"ratio {r['ratio']:.2f}  bitwise {r['bitwise']}")
+    if args.kernels:
+        print(f"\n# kernels alone, ns per element (medians of interleaved repeats, "
+              f"{torch.get_num_threads()} threads)")
+        for name, ns in kernel_table():
+            print(f"{name:<40} {ns:>8.2f}")
     if args.memory:
         print("\n# peak resident memory, fresh process each (extra = growth after set-up)")
         for comp in comps:

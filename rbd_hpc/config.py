@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .bases import BasisConfig
+from .kernels import CURRENT, KERNELS
 from .compartments import allocation_weight, segments
 from .data import DATASETS
 from .errors import UserError, choice_error, require_choice, require_positive
@@ -111,6 +112,9 @@ class TrainConfig:
     normalize: str = option("expected", "expected (E‖φ‖² = 1) or exact (‖φ‖ = 1)",
                             choices=("expected", "exact"))
     antithetic: bool = option(False, "directions in pairs (φ, −φ)")
+    kernels: int = option(CURRENT, "the arithmetic that makes directions, by generation "
+                          "(kernels.py): 2 is the fast one; 1 reproduces run files of rbd-hpc "
+                          "0.1 (format 2), which keep it on resume and replay", choices=KERNELS)
     compartments: str = option("network", "how θ is split: network, layer, tensor or block:N")
     allocate: str = option("size", "split --d over compartments: size (d_k ∝ D_k), sqrt, equal, "
                            "or power:P (d_k ∝ D_k^P)")
@@ -204,7 +208,7 @@ class TrainConfig:
 
     @property
     def basis(self) -> BasisConfig:
-        return BasisConfig(self.dist, self.normalize, self.antithetic)
+        return BasisConfig(self.dist, self.normalize, self.antithetic, self.kernels)
 
     # -- the one way in: every config is built from a dict through from_dict ---------------
     @classmethod

@@ -13,7 +13,7 @@ class AgreedError(UserError):
 
 def choice_error(flag: str, value, valid) -> UserError:
     """The one wording for a value outside a set: the value and every valid one."""
-    return UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(valid))
+    return UserError(f"{flag} {value!r} is not valid; choose one of: " + ", ".join(map(str, valid)))
 
 
 def require_choice(flag: str, value, valid) -> None:

@@ -56,7 +56,7 @@ def describe(path: str) -> tuple[str, dict]:
         + (f", weight decay {cfg['weight_decay']:g}" if cfg.get("weight_decay") else "")
         + (f", svrg every {cfg['svrg_every']} steps" if cfg.get("svrg_every") else ""),
         f"parameters    D = {D:,}; {n_coef} coefficients per step"
-        + (f" ({cfg['dist']} directions)" if n_coef else ""),
+        + (f" ({cfg['dist']} directions, kernel generation {cfg['kernels']})" if n_coef else ""),
         *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]
           if run.layout.get("compartments") else []),
         f"committed     {run.committed} steps",

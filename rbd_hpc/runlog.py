@@ -1,6 +1,6 @@
 """The HDF5 run file: θ0, seed schedule (config), coefficient history, snapshots.
 
-Layout (format version 2; see docs/runfile.md):
+Layout (format version 3; see docs/runfile.md):
 
   /                       attrs: format_version, config (JSON), root_seed, package_version,
                           torch_version, device_type, world_size, mode, method,
@@ -34,7 +34,9 @@ Readers open defensively: a plain open first (it checks the end-of-file address,
 truncated file fails at once); only a file whose writer is live or was killed (HDF5's "open
 for write" flag) is opened in SWMR mode, after the end-of-file check is done here. The commit
 marker and every length are checked against the data present. Format 1 files (checksums over
-the coefficients and θ only) are read and resumed; a resume writes format 2.
+the coefficients and θ only) are read and resumed; a resume writes format 3. Format 3 differs
+from 2 only in meaning: its config names the kernel generation of its directions
+(``kernels``, kernels.py); a format-1 or -2 file is generation 1, kept on resume.
 
 One writer per run file: ``RunLock`` holds an exclusive flock on ``RUN.h5.lock`` for as long
 as a process writes the run file (a new run, or a resume).
@@ -62,7 +64,7 @@ from . import __version__
 from .config import TrainConfig
 from .errors import UserError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # the attributes that replay and resume read, covered by header_crc32 (format 2)
 HEADER_ATTRS = ("config", "param_layout", "buffer_layout", "world_size", "mode", "method",
                 "n_coefficients", "replayable")
@@ -432,6 +434,9 @@ class RunFile:
         must hold (every field that shapes the trajectory) may not be missing."""
         from_file = f"run file {self.path} config"
         values = _json_attr(self, "config", dict, text=self.config_json)
+        if self.version <= 2:
+            # format 2 predates the kernel generations: its directions are generation 1's
+            values.setdefault("kernels", 1)
         missing = sorted(TrainConfig.trajectory_fields() - set(values))
         if missing:
             raise UserError(f"{from_file} lacks key(s) {missing}")

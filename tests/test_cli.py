@@ -1,6 +1,7 @@
 """The command line: bad input is one line and exit 2; a tiny run end to end."""
 import json
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -134,6 +135,21 @@ def test_bench_prints_ratios():
         assert consistent(float(over_sgd), ms[name], ms["sgd"]), line
         assert consistent(float(over_ref), ms[name], ms["rbd-reference"]), line
         assert not consistent(float(over_sgd) + 0.5, ms[name], ms["sgd"])
+
+
+def test_bench_ceilings_and_kernels_show_what_a_step_is_made_of():
+    proc = run_cli("bench", "--model", "fc", "--d", "20", "--steps", "2", "--dist", "gaussian,srht",
+                   "--no-reference", "--ceilings", "--kernels")
+    assert proc.returncode == 0, proc.stderr
+    rows = [re.split(r"\s{2,}", line)[0] for line in proc.stdout.splitlines()[2:9]]
+    assert rows == ["sgd", "rbd-gaussian", "rbd-gaussian: directions only",
+                    "rbd-gaussian: sampling only", "rbd-srht", "rbd-srht: directions only",
+                    "rbd-srht: signs+rows+2 fwht"]
+    kernels = proc.stdout.split("# kernels alone")[1].splitlines()[1:8]
+    names = [re.split(r"\s{2,}", line)[0] for line in kernels]
+    assert names[2] == "fwht 2^17, fht_cpu (AVX butterflies)"
+    assert names[5:] == ["normals, Philox+ziggurat (gen. 2)", "normals, torch.randn (gen. 1)"]
+    assert all(float(line.split()[-1]) > 0 for line in kernels)
 
 
 def test_bench_bad_dist():

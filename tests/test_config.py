@@ -42,7 +42,7 @@ def test_every_option_is_a_flag_with_its_help_and_default():
         elif f.default not in (None, False):
             assert f"(default {f.default})" in action.help
         for choice in f.metadata["choices"] or ():
-            assert choice in action.help
+            assert str(choice) in action.help
 
 
 def test_the_added_option_needs_nothing_but_its_field(idx_dir, tmp_path):
@@ -104,11 +104,13 @@ def test_a_run_file_with_an_unknown_config_key_is_one_line(tmp_path):
 def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_path):
     """Written by rbd-hpc 0.1.0 before the spine was split (srht, layer compartments,
     momentum; 12 steps on the conftest data): it inspects, verifies, and resumes to 20 steps
-    bitwise equal to a fresh 20-step run of today's code (so both codes take the same steps)."""
+    with the arithmetic it was written with (kernel generation 1), bitwise equal to a fresh
+    20-step run of today's code with --kernels 1 (so both codes take the same steps)."""
     old = tmp_path / "old.h5"
     old.write_bytes(GOLDEN_RUN.read_bytes())
     proc = run_cli("inspect", old)
     assert proc.returncode == 0 and "committed     12 steps" in proc.stdout, proc.stderr
+    assert "(srht directions, kernel generation 1)" in proc.stdout
     proc = run_cli("replay", old, "--verify")
     assert "verify: OK over 12 steps, 2 snapshots, max |diff| 0 (1 thread)" in proc.stdout
     proc = run_cli("train", "--resume", old, "--steps", "20", "--data-dir", idx_dir,
@@ -117,12 +119,27 @@ def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_p
     fresh = tmp_path / "fresh.h5"
     proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "20", "--d", "8",
                    "--dist", "srht", "--compartments", "layer", "--momentum", "0.5",
-                   "--snapshot-every", "1000", "--out", fresh)
+                   "--snapshot-every", "1000", "--kernels", "1", "--out", fresh)
     assert proc.returncode == 0, proc.stderr
     with RunFile(old) as a, RunFile(fresh) as b:
+        assert a.config().kernels == b.config().kernels == 1 and a.version == 3
         assert a.committed == b.committed == 20
         assert np.array_equal(a.steps()["coefficients"], b.steps()["coefficients"])
         assert np.array_equal(a.snapshot(a.n_snapshots - 1)[1], b.snapshot(b.n_snapshots - 1)[1])
+
+
+def test_a_new_run_records_the_current_kernel_generation(idx_dir, tmp_path):
+    """Format 3 names the generation in the config; a generation that does not exist is one
+    line listing the valid ones."""
+    out = tmp_path / "new.h5"
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "3", "--d", "4",
+                   "--dist", "srht", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    with RunFile(out) as run:
+        assert run.version == 3 and run.config().kernels == 2
+        assert json.loads(run.attrs["config"])["kernels"] == 2
+    assert_user_error(run_cli("train", "--kernels", "3", "--steps", "1"),
+                      "--kernels 3 is not valid; choose one of: 1, 2")
 
 
 # -- one preemption protocol --------------------------------------------------------------------
