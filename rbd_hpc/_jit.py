@@ -11,9 +11,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .kernels import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, ZIGGURAT_R, ziggurat_tables
+from .kernels import ZIGGURAT_R, ziggurat_tables
+from .seeds import PHILOX_M, PHILOX_W
 
-M0, M1, W0, W1 = (np.uint64(v) for v in (PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1))
+M0, M1, W0, W1 = (np.uint64(v) for v in (*PHILOX_M, *PHILOX_W))
 MASK = np.uint64(0xFFFFFFFF)
 S32 = np.uint64(32)
 K, X, F = ziggurat_tables()

@@ -106,14 +106,6 @@ def fwht_backend() -> str:
     return "fht_cpu (AVX butterflies)" if _fht_cpu() is not None else "torch butterflies"
 
 
-def fwht_(a: np.ndarray) -> None:
-    """Generation 2 in place on a contiguous float32 NumPy vector of power-of-two length."""
-    _power_of_two(a.shape[-1])
-    if a.ndim != 1 or a.dtype != np.float32 or not a.flags.c_contiguous:
-        raise ValueError("fwht_ transforms one contiguous float32 vector")
-    fwht_inplace()(a)
-
-
 @functools.cache
 def fwht_inplace():
     """The in-place generation-2 transform of a contiguous float32 vector whose length is a
@@ -152,8 +144,6 @@ def fold(c: torch.Tensor | np.ndarray, n: int):
 
 # ---- Philox4x32-10 and the ziggurat, compiled -----------------------------------------------
 
-PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
-PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 ZIGGURAT_LAYERS = 256
 ZIGGURAT_R = 3.6541528853610088    # x_1: where the tail starts (256 layers of equal area v)
 _ZIGGURAT_V = 0.00492867323399
@@ -195,7 +185,8 @@ def philox_stream(seed: int, n_blocks: int, lane: int = 0) -> np.ndarray:
 
 
 def philox4x32_compiled(counters: np.ndarray, key: tuple[int, int]) -> np.ndarray:
-    """seeds.philox4x32 compiled (the same words): for the long counter runs of srht signs."""
+    """seeds.philox4x32 through the compiled cipher that srht signs, rows and gaussian streams
+    use: tests/test_kernels.py holds the two to the same words."""
     out = np.empty(counters.shape, dtype=np.uint32)
     _compiled().philox_rows(np.ascontiguousarray(counters, dtype=np.uint32), np.uint64(key[0]),
                    np.uint64(key[1]), out)

@@ -20,10 +20,10 @@ import enum
 import numpy as np
 import torch
 
-_M0 = np.uint64(0xD2511F53)
-_M1 = np.uint64(0xCD9E8D57)
-_W0 = np.uint32(0x9E3779B9)
-_W1 = np.uint32(0xBB67AE85)
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)   # Philox4x32 round multipliers and key increments
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)   # (also the compiled cipher's, kernels.py / _jit.py)
+_M0, _M1 = (np.uint64(v) for v in PHILOX_M)
+_W0, _W1 = (np.uint32(v) for v in PHILOX_W)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _U32_MAX = 2**32 - 1
 
