@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -23,7 +22,7 @@ from .inspect_run import describe, describe_epochs
 from .models import MODELS
 from .plot import plot
 from .preemption import EXIT_PREEMPTED, StopRequest
-from .replay import method_for, replay_to, verify
+from .replay import method_for, verify
 from .resume import resumed_config
 from . import runlog
 from .runlog import RunFile

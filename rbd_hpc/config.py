@@ -8,8 +8,9 @@ two fields together are written out in ``__post_init__``.
 
 Presets carry the paper's settings (official machinable.yaml): batch 32, no momentum, no
 schedule, learning rate = base × batch size. The paper trained with augmentation for 100
-epochs; here it is opt-in (--augment) because over short runs it costs accuracy (FC-FMNIST
-SGD, 1 epoch: 82.3% without, 72.9% with).
+epochs on a 50,000 / 10,000 split; by default here augmentation is opt-in (--augment) because
+over short runs it costs accuracy (FC-FMNIST SGD, 1 epoch: 82.3% without, 72.9% with), and
+--protocol paper sets every one of the paper's settings at once (PAPER_PROTOCOL).
 """
 from __future__ import annotations
 
@@ -32,6 +33,31 @@ from .models import MODELS
 from .usercode import is_spec
 
 SCHEDULES = ("constant", "cosine")
+PROTOCOLS = ("custom", "paper")
+NES_VARIANTS = ("paper", "same-batch")
+MASK_UPDATES = ("published", "rbd-hpc-0.1")
+FPD_VARIANTS = ("li", "official")
+
+# --protocol paper: the official configuration of the paper's Table 1 runs (machinable.yaml
+# of graphcore-research/random-bases); a field left unset takes this value, a field set to
+# another value is a deviation, listed by paper_deviations. The learning rate is the preset's
+# (the official base rate × batch size) unless --lr is given.
+PAPER_PROTOCOL = {
+    "epochs": 100, "batch_size": 32, "val_size": 10000, "augment": True,
+    "dist": "gaussian", "normalize": "expected", "antithetic": False, "compartments": "network",
+    "redraw_every": 1, "schedule": "constant", "momentum": 0.0, "weight_decay": 0.0,
+    "svrg_every": 0, "sigma": 0.01, "nes": "paper", "mask_update": "published",
+    "fpd": "official",
+}
+# the fields each method reads, of those above (the others do not change its trajectory)
+_DIRECTION_FIELDS = ("dist", "normalize", "compartments", "redraw_every")
+PAPER_FIELDS_BY_METHOD = {
+    "rbd": _DIRECTION_FIELDS + ("antithetic", "momentum", "weight_decay", "svrg_every"),
+    "fpd": _DIRECTION_FIELDS + ("antithetic", "momentum", "weight_decay", "svrg_every", "fpd"),
+    "nes": _DIRECTION_FIELDS + ("antithetic", "weight_decay", "sigma", "nes"),
+    "sgd": ("momentum", "weight_decay"),
+}
+_COMMON_PAPER_FIELDS = ("epochs", "batch_size", "val_size", "augment", "schedule")
 MAX_THREADS = 4096   # torch's thread count is a C int; beyond any node's cores anyway
 MAX_LR = 1e30        # float32 overflows near 3.4e38: a step would turn θ into inf
 DEVICES = ("cpu", "cuda", "ipu")
@@ -100,6 +126,12 @@ class TrainConfig:
     dataset: str = option("fmnist", "data set (default: the preset's), or a factory of your own, "
                           "MODULE:NAME returning (train, test)", choices=DATASETS, factory=True)
     method: str = option("rbd", "training method", choices=METHODS)
+    protocol: str = option("custom", "paper: the paper's Table 1 protocol (official split of "
+                           "50,000 / 10,000, augmentation, Gaussian directions normalised by "
+                           "√D of the network, batch 32, constant official rate, 100 epochs, "
+                           "NES and RigL as published) for every field not given; a field "
+                           "given is a deviation, recorded and listed (inspect); custom: "
+                           "rbd-hpc's own defaults", choices=PROTOCOLS)
     preset: str | None = option("fc-fmnist", "model, data set, d and the paper's learning rate",
                                 choices=tuple(PRESETS), cli=False)
     d: int = option(250, "directions per step (split over compartments by --allocate)",
@@ -150,17 +182,35 @@ class TrainConfig:
                                  resume_free=True)
     keep_in_memory: bool = option(False, "keep directions in memory while they stay the same "
                                   "(FPD, --redraw-every)")
-    sigma: float = option(0.05, "NES perturbation scale σ")
+    sigma: float | None = option(None, "NES perturbation scale σ (default: 0.01 with --nes paper, "
+                                 "the official noise_std; 0.05 with --nes same-batch)")
+    nes: str = option("same-batch", "NES variant. paper: offspring θ + σ·ε with ε ~ N(0, I) "
+                      "unnormalised (σ·√D_k·φ), each offspring on its own mini-batch, no "
+                      "antithetic pairs unless --antithetic, --epochs counted in images over "
+                      "all offspring as the official code counts them; same-batch: antithetic "
+                      "pairs θ ± σ·φ (‖φ‖ ≈ 1) all scored on the step's one batch (rbd-hpc "
+                      "0.1's NES)", choices=NES_VARIANTS)
+    fpd: str = option("li", "FPD variant. li: the gradient at θ (Li et al. 2018); official: as "
+                      "the paper's code ran it, whose coordinates carry over between steps, so "
+                      "the gradient of step t is taken at θ + Σ_i c_{t−1,i} φ_i",
+                      choices=FPD_VARIANTS)
     sparsity: float = option(0.9, "RigL/SET/Static: fraction of weights kept at zero, in [0, 1)")
     sparsity_dist: str = option("uniform", "RigL/SET/Static: how sparsity is spread over layers",
                                 choices=SPARSITY_DISTRIBUTIONS)
     mask_every: int = option(100, "RigL/SET: steps between mask updates (ΔT)", positive=True)
     drop_fraction: float = option(0.3, "RigL/SET: initial drop fraction α, in (0, 1)")
+    mask_update: str = option("published", "RigL/SET mask update. published (Evci et al.'s "
+                              "code): regrow among every connection inactive after the drop, "
+                              "and no gradient step on a mask-update step; rbd-hpc-0.1: regrow "
+                              "only among connections inactive before the drop, and take the "
+                              "gradient step as well", choices=MASK_UPDATES)
     eval_batch_size: int = option(1000, "samples per forward pass in evaluation (memory only: "
                                   "the trajectory does not depend on it)", positive=True,
                                   resume_free=True)
 
     def __post_init__(self):
+        if self.sigma is None:
+            self.sigma = 0.01 if self.nes == "paper" else 0.05
         for f in dataclasses.fields(self):
             _check_field(f, getattr(self, f.name))
         BasisConfig(self.dist, self.normalize)  # validates --dist (incl. smooth:σ), --normalize
@@ -205,6 +255,37 @@ class TrainConfig:
             raise UserError(f"--drop-fraction {self.drop_fraction} must be in (0, 1)")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise UserError(f"--sigma {self.sigma} must be a positive number")
+        if self.protocol == "paper" and (is_spec(self.model) or is_spec(self.dataset)):
+            raise UserError("--protocol paper is the paper's protocol for its own models and data "
+                            "sets; drop it for a model or data set of your own")
+
+    def deviations(self) -> list[str]:
+        """Every setting of a --protocol paper run that differs from the paper's protocol, as
+        'FLAG VALUE (paper: VALUE)'; [] for a run at the paper's settings or a custom run."""
+        if self.protocol != "paper":
+            return []
+        out = []
+        fields = _COMMON_PAPER_FIELDS + PAPER_FIELDS_BY_METHOD.get(self.method, ("mask_update",
+                                                                                "momentum",
+                                                                                "weight_decay"))
+        for name in fields:
+            value, paper = getattr(self, name), PAPER_PROTOCOL[name]
+            if name == "epochs" and self.steps is not None:
+                out.append(f"--steps {self.steps} (paper: 100 epochs)")
+            elif value != paper:
+                out.append(f"{flag(name)} {_shown(value)} (paper: {_shown(paper)})")
+        paper_lr = base_lr(self.model, self.dataset, self.method) * 32
+        if self.lr != paper_lr:
+            out.append(f"--lr {self.lr:g} (paper: {paper_lr:g})")
+        paper_d = PRESETS[self.preset][2] if self.preset in PRESETS else None
+        if self.method != "sgd" and paper_d is not None and self.d != paper_d:
+            out.append(f"--d {self.d} (paper: {paper_d})")
+        if self.d_per_compartment is not None:
+            out.append(f"--d-per-compartment {self.d_per_compartment} (paper: one d for the "
+                       "network)")
+        if self.kernels != CURRENT and self.method in ("rbd", "fpd", "nes"):
+            out.append(f"--kernels {self.kernels} (other rounding of the same directions)")
+        return out
 
     @property
     def basis(self) -> BasisConfig:
@@ -221,6 +302,11 @@ class TrainConfig:
         if unknown:
             raise UserError(f"{source} has unknown key(s) {unknown}; valid: "
                             + ", ".join(cls.field_names()))
+        if values.get("protocol") == "paper":  # the paper's value for every field not given
+            given = {k: v for k, v in values.items() if v is not None}
+            if "steps" in given:
+                given.setdefault("epochs", None)
+            values = {**PAPER_PROTOCOL, **given}
         return cls(**values)
 
     @classmethod
@@ -291,6 +377,12 @@ def _check_field(f: dataclasses.Field, value) -> None:
         raise UserError(f"{name} {value} must be at most {meta['at_most']:g}")
     if base == "str" and not value.strip():
         raise UserError(f"{name} must not be empty")
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def check_option(name: str, value) -> None:

@@ -270,11 +270,13 @@ def apply_augmentation(x: np.ndarray, params: np.ndarray, pad: int) -> np.ndarra
     fill), optional horizontal flip, then a brightness delta (on [0, 1] floats, no clip)."""
     n, h, w, _ = x.shape
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out = np.empty(x.shape, dtype=np.float32)
-    for i, (dy, dx, fl, delta) in enumerate(params):
-        img = padded[i, int(dy):int(dy) + h, int(dx):int(dx) + w]
-        out[i] = (img[:, ::-1] if fl else img) / np.float32(255.0) + np.float32(delta)
-    return out
+    dy, dx = params[:, 0].astype(np.intp), params[:, 1].astype(np.intp)
+    rows = dy[:, None] + np.arange(h)                                    # (n, h)
+    across = np.where(params[:, 2:3] > 0, np.arange(w)[::-1], np.arange(w))
+    cols = dx[:, None] + across                                          # (n, w), flipped rows reversed
+    crops = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    # one gather for the batch; per element the same float32 ops as image by image
+    return crops / np.float32(255.0) + params[:, 3].astype(np.float32)[:, None, None, None]
 
 
 def to_tensor(x: np.ndarray, device="cpu", standardize: bool = False) -> torch.Tensor:
@@ -311,8 +313,32 @@ class BatchStream:
         self.pad = 4 if dataset == "cifar10" else 3
         self.flip = dataset == "cifar10"
         self.brightness = 0.0 if dataset == "cifar10" else 0.5
-        self.steps_per_epoch = len(split.y) // batch_size
+        self.steps_per_epoch = len(split.y) // batch_size  # batches per epoch
+        self.batches_per_step = 1
         self._order_epoch, self._order = -1, None
+
+    def consume(self, batches_per_step: int) -> None:
+        """A step takes ``batches_per_step`` consecutive batches (the paper's NES: one per
+        offspring); epochs are then counted in batches seen, as the official code counts
+        images, and an evaluation ``period`` is the whole steps in one epoch (at least 1)."""
+        self.batches_per_step = batches_per_step
+
+    @property
+    def period(self) -> int:
+        """Steps between epoch-end evaluations: an epoch of steps (NES-paper: its whole steps)."""
+        return max(1, self.steps_per_epoch // self.batches_per_step)
+
+    def steps_for(self, epochs: int) -> int:
+        """Steps in ``epochs`` epochs: the official NES loop runs until it has seen them all."""
+        return -(-epochs * self.steps_per_epoch // self.batches_per_step)
+
+    def epochs_at(self, done: int) -> float:
+        """Epochs of data seen after ``done`` steps."""
+        return done * self.batches_per_step / self.steps_per_epoch
+
+    def position(self, step: int, offset: int = 0) -> tuple[int, int]:
+        """(epoch, batch index) of a step's batch number ``offset`` (its offspring's, NES)."""
+        return divmod(step * self.batches_per_step + offset, self.steps_per_epoch)
 
     def batch(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
         if self._order_epoch != epoch:

@@ -25,7 +25,8 @@ def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int)
 
 def describe(path: str) -> tuple[str, dict]:
     with RunFile(path) as run:
-        cfg = dataclasses.asdict(run.config())
+        config = run.config()
+        cfg = dataclasses.asdict(config)
         D = int(run.layout["offsets"][-1])
         size = run.size_on_disk()
         n_coef = int(run.attrs["n_coefficients"])
@@ -44,6 +45,7 @@ def describe(path: str) -> tuple[str, dict]:
             "size_on_disk": size, "coefficient_bytes_per_step": per_step,
             "full_checkpoint_bytes": 4 * D, "snapshots": snaps, "replayable": run.replayable,
             "final_metrics": metrics[-1] if metrics else None, "config": cfg,
+            "protocol": config.protocol, "deviations": config.deviations(),
         }
     final = info["final_metrics"]
     lines = [
@@ -57,6 +59,10 @@ def describe(path: str) -> tuple[str, dict]:
         + (f", svrg every {cfg['svrg_every']} steps" if cfg.get("svrg_every") else ""),
         f"parameters    D = {D:,}; {n_coef} coefficients per step"
         + (f" ({cfg['dist']} directions, kernel generation {cfg['kernels']})" if n_coef else ""),
+        f"protocol      {info['protocol']}" + (
+            (": deviations " + "; ".join(info["deviations"]) if info["deviations"]
+             else ": the paper's settings, no deviation") if info["protocol"] == "paper"
+            else " (rbd-hpc's own settings)"),
         *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]
           if run.layout.get("compartments") else []),
         f"committed     {run.committed} steps",

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -119,7 +118,7 @@ class Recorder:
                                 progress and self.root, initial=start)
         if resume and self.root:
             self.bar.log(f"resuming {out} at step {start}/{run.total} (epoch "
-                         f"{start / run.stream.steps_per_epoch:.2f}): "
+                         f"{run.stream.epochs_at(start):.2f}): "
                          + ("θ replayed from its rows" if point.replayed else
                             "θ from the snapshot of that step"))
 
@@ -180,7 +179,7 @@ class Recorder:
         """Close an epoch: its metrics row in the run file and a line in the metrics file."""
         steps_here = done - self.start
         self.record = {
-            "epoch": round(done / self.run.stream.steps_per_epoch, 4),
+            "epoch": round(self.run.stream.epochs_at(done), 4),
             "step": done, "train_loss": statistics.fmean(self.epoch_losses), **scores,
             "ms_per_step": statistics.median(self.epoch_ms),
             **{f"ms_{phase}": statistics.median(v) for phase, v in self.epoch_phases.items()},
@@ -213,9 +212,9 @@ class Recorder:
 
     def epoch_line(self) -> str:
         """One line per epoch for the log: where the run is, its scores, its speed, its ETA."""
-        r, total, per = self.record, self.run.total, self.run.stream.steps_per_epoch
+        r, total = self.record, self.run.total
         eta = self.bar.eta()
-        return (f"epoch {r['epoch']:.4g}/{total / per:.4g} step {r['step']}/{total}: train_loss "
+        return (f"epoch {r['epoch']:.4g}/{self.run.stream.epochs_at(total):.4g} step {r['step']}/{total}: train_loss "
                 f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}, "
                 f"{r['ms_per_step']:.2f} ms/step, elapsed {clock(time.monotonic() - self.bar.t0)}"
                 + (f", ETA {clock(eta)}" if eta is not None and r["step"] < total else ""))

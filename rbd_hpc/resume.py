@@ -74,7 +74,7 @@ def check_resume(run: RunFile, cfg: TrainConfig, world_size: int) -> None:
                         f"{trained_on} and a resume must use the same number ({why})")
 
 
-def resume_point(run: RunFile, method, has_buffers: bool, steps_per_epoch: int,
+def resume_point(run: RunFile, method, has_buffers: bool, period: int,
                  svrg_every: int = 0) -> ResumePoint:
     """The last state known exactly: the committed step (by replay) or the last snapshot."""
     run.require_coefficients(method.n_coefficients)
@@ -92,8 +92,8 @@ def resume_point(run: RunFile, method, has_buffers: bool, steps_per_epoch: int,
         state = method.state_vector(theta.size)  # replay rebuilt it up to the committed step
     if theta is None:
         theta = run.theta0()
-    # a resume inside an epoch: its train_loss still averages the whole epoch
-    epoch_start = target - target % steps_per_epoch
+    # a resume inside an epoch (``period`` steps): its train_loss still averages the whole epoch
+    epoch_start = target - target % period
     losses = [float(v) for v in run.steps(epoch_start, target)["loss"]]
     # θ̃ of a resume inside an SVRG period: replayed from the file up to its anchor step
     theta_anchor = (replay_to(run, anchor_step(target, svrg_every))

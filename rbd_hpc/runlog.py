@@ -34,9 +34,12 @@ Readers open defensively: a plain open first (it checks the end-of-file address,
 truncated file fails at once); only a file whose writer is live or was killed (HDF5's "open
 for write" flag) is opened in SWMR mode, after the end-of-file check is done here. The commit
 marker and every length are checked against the data present. Format 1 files (checksums over
-the coefficients and θ only) are read and resumed; a resume writes format 3. Format 3 differs
-from 2 only in meaning: its config names the kernel generation of its directions
-(``kernels``, kernels.py); a format-1 or -2 file is generation 1, kept on resume.
+the coefficients and θ only) are read and resumed; a resume writes format 4. Formats 3 and 4
+differ from 2 only in their config: format 3 names the kernel generation of its directions
+(``kernels``, kernels.py; a format-1 or -2 file is generation 1), format 4 the protocol and
+the NES, RigL and FPD variants (``protocol``, ``nes``, ``mask_update``, ``fpd``; a file of
+format 3 or older is ``custom``, ``same-batch``, ``rbd-hpc-0.1`` and ``li``). An old file
+keeps them on resume.
 
 One writer per run file: ``RunLock`` holds an exclusive flock on ``RUN.h5.lock`` for as long
 as a process writes the run file (a new run, or a resume).
@@ -64,7 +67,7 @@ from . import __version__
 from .config import TrainConfig
 from .errors import UserError
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # the attributes that replay and resume read, covered by header_crc32 (format 2)
 HEADER_ATTRS = ("config", "param_layout", "buffer_layout", "world_size", "mode", "method",
                 "n_coefficients", "replayable")
@@ -437,6 +440,14 @@ class RunFile:
         if self.version <= 2:
             # format 2 predates the kernel generations: its directions are generation 1's
             values.setdefault("kernels", 1)
+        if self.version <= 3:
+            # format 3 predates the protocol switch and the published NES and RigL variants
+            values.setdefault("protocol", "custom")
+            values.setdefault("nes", "same-batch")
+            values.setdefault("mask_update", "rbd-hpc-0.1")
+        if self.version <= 4:
+            # files written before the FPD variants existed (format 3, and early format 4)
+            values.setdefault("fpd", "li")
         missing = sorted(TrainConfig.trajectory_fields() - set(values))
         if missing:
             raise UserError(f"{from_file} lacks key(s) {missing}")

@@ -93,7 +93,9 @@ def set_up(cfg: TrainConfig, comm) -> Session:
     flat = FlatParameters(model)
     flat.theta.copy_(comm.broadcast(flat.theta))  # every rank starts from rank 0's θ0
     steps_per_epoch = len(data.train.y) // cfg.batch_size
-    total = cfg.steps if cfg.steps else cfg.epochs * steps_per_epoch
+    # the paper's NES takes n batches a step: its --epochs count images over all offspring
+    per_step = cfg.d if cfg.method == "nes" and cfg.nes == "paper" else 1
+    total = cfg.steps if cfg.steps else -(-cfg.epochs * steps_per_epoch // per_step)
     method, compartments = build_method(cfg, list(zip(flat.names, flat.shapes)), comm, device,
                                         total_steps=total)
     method.prepare(flat.theta)  # RigL: θ0 is stored masked
@@ -104,6 +106,9 @@ def set_up(cfg: TrainConfig, comm) -> Session:
                         f"use a multiple of {comm.size}")
     stream = BatchStream(data.train, cfg.seed, cfg.batch_size, comm.rank, comm.size, cfg.augment,
                          cfg.dataset, per_rank_data=per_rank_data)
+    stream.consume(method.batches_per_step)
+    if not cfg.steps and stream.steps_for(cfg.epochs) != total:
+        raise ValueError(f"run length {total} steps, the stream's {stream.steps_for(cfg.epochs)}")
     if stream.steps_per_epoch == 0:
         raise UserError(f"--batch-size {cfg.batch_size} exceeds the {len(data.train.y)} training "
                         "samples")
@@ -147,7 +152,7 @@ def restore(s: Session, path: str) -> ResumePoint:
     """Rank 0 reads the resume point from the run file; every rank receives it once."""
     def read() -> ResumePoint:
         with RunFile(path) as run:
-            return resume_point(run, s.method, s.has_buffers, s.stream.steps_per_epoch,
+            return resume_point(run, s.method, s.has_buffers, s.stream.period,
                                 s.cfg.svrg_every)
     point = on_root(s.comm, read)
     s.flat.theta.copy_(torch.from_numpy(point.theta))
@@ -158,36 +163,50 @@ def restore(s: Session, path: str) -> ResumePoint:
     return point
 
 
-def loss_probe(s: Session, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
-    """The mini-batch loss at θ as it stands, for methods that score perturbed θ (NES).
-    BatchNorm statistics are put back after each call: scoring must not move them."""
+def loss_probe(s: Session, step: int, x: torch.Tensor, y: torch.Tensor) -> Callable[[int], float]:
+    """``loss_at(i)``: the loss at θ as it stands on offspring i's mini-batch, for methods that
+    score perturbed θ (NES): the step's batch (x, y), or with several batches per step the
+    step's i-th. BatchNorm statistics are put back after each call: scoring must not move them."""
     saved = []  # the buffers as they were before the first call
 
-    def loss_at() -> float:
+    def loss_at(i: int) -> float:
+        xi, yi = (x, y) if s.stream.batches_per_step == 1 else step_batch(s, step, i)
         if s.has_buffers and not saved:
             saved.append(buffers_vector(s.model))
         with torch.no_grad():
-            value = float(s.loss_fn(s.model(x), y))
+            value = float(s.loss_fn(s.model(xi), yi))
         if saved:
             load_buffers(s.model, saved[0])
         return value
     return loss_at
 
 
+def step_batch(s: Session, step: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch number ``offset`` of step ``step`` as tensors on the device."""
+    xb, yb = s.stream.batch(*s.stream.position(step, offset))
+    return s.data.inputs.tensor(xb, s.device), torch.from_numpy(yb).to(s.device)
+
+
 def take_step(s: Session, step: int, t0: float) -> StepStats:
-    """One training step from batch ``step``; ``t0`` is when the step's work began."""
-    epoch, i = divmod(step, s.stream.steps_per_epoch)
-    xb, yb = s.stream.batch(epoch, i)
-    x, y = s.data.inputs.tensor(xb, s.device), torch.from_numpy(yb).to(s.device)
+    """One training step from batch ``step`` (its first, when a step takes several); ``t0`` is
+    when the step's work began."""
+    x, y = step_batch(s, step)
+    shift = s.method.forward_shift(s.flat.theta)
+    saved = None
+    if shift is not None:  # the gradient at θ + shift; θ is put back bitwise
+        saved = s.flat.theta.clone()
+        s.flat.theta.add_(shift)
     s.flat.zero_grad()
     loss = s.loss_fn(s.model(x), y)
     loss.backward()
     grad = s.flat.gradient()
+    if saved is not None:
+        s.flat.theta.copy_(saved)
     projected = grad if s.anchor is None else s.anchor.correct(grad, x, y)
     lr = learning_rate(s.cfg, step, s.total)
     before = s.flat.theta.clone()
     t1, mpi0 = time.perf_counter(), s.comm.traffic.seconds.get("step", 0.0)
-    result = s.method.step(s.flat.theta, projected, step, lr, loss_at=loss_probe(s, x, y))
+    result = s.method.step(s.flat.theta, projected, step, lr, loss_at=loss_probe(s, step, x, y))
     t2, mpi = time.perf_counter(), s.comm.traffic.seconds.get("step", 0.0) - mpi0
     delta = before.sub_(s.flat.theta)
     cos = float(torch.nn.functional.cosine_similarity(delta, grad, dim=0, eps=1e-30))
@@ -296,7 +315,7 @@ def dry_run(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | 
         restore(s, out)
     return (f"dry run OK: {cfg.method} {cfg.model}-{cfg.dataset}, D = {s.flat.dim:,}, "
             f"{s.method.n_coefficients} coefficients per step, {s.total} steps "
-            f"({s.stream.steps_per_epoch} per epoch), {comm.size} rank(s), "
+            f"({s.stream.steps_per_epoch / s.stream.batches_per_step:g} per epoch), {comm.size} rank(s), "
             f"{len(s.data.train.y)}/{len(s.data.val.y)}/{len(s.data.test.y)} train/val/test "
             "samples; nothing written")
 
@@ -333,7 +352,7 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
             if cfg.check_every and done % cfg.check_every == 0:
                 check_divergence(comm, s.flat.theta, done)
             stop_now = should_stop is not None and agree_to_stop(comm, should_stop(), done)
-        epoch_end = done % s.stream.steps_per_epoch == 0 or done == s.total
+        epoch_end = done % s.stream.period == 0 or done == s.total
         snapshot_due = done % cfg.snapshot_every == 0 or done == s.total or stop_now
         if snapshot_due or epoch_end:
             sync_buffers(s)

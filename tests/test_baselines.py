@@ -29,7 +29,7 @@ def test_nes_descends_a_quadratic_and_is_antithetic():
         before = theta.clone()
         offspring = []
 
-        def loss_at():
+        def loss_at(i):
             offspring.append(theta - before)  # the perturbation being scored
             return float(0.5 * (theta - target).pow(2).sum())
         c = nes.step(theta, None, step, 2.0, loss_at=loss_at).coefficients

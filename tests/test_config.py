@@ -122,22 +122,26 @@ def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_p
                    "--snapshot-every", "1000", "--kernels", "1", "--out", fresh)
     assert proc.returncode == 0, proc.stderr
     with RunFile(old) as a, RunFile(fresh) as b:
-        assert a.config().kernels == b.config().kernels == 1 and a.version == 3
+        assert a.config().kernels == b.config().kernels == 1 and a.version == 4
+        # the variants it was trained with are kept through the resume
+        assert (a.config().nes, a.config().mask_update) == ("same-batch", "rbd-hpc-0.1")
         assert a.committed == b.committed == 20
         assert np.array_equal(a.steps()["coefficients"], b.steps()["coefficients"])
         assert np.array_equal(a.snapshot(a.n_snapshots - 1)[1], b.snapshot(b.n_snapshots - 1)[1])
 
 
 def test_a_new_run_records_the_current_kernel_generation(idx_dir, tmp_path):
-    """Format 3 names the generation in the config; a generation that does not exist is one
-    line listing the valid ones."""
+    """The config names the generation (since format 3; format 4 also the protocol and the NES
+    and RigL variants); a generation that does not exist is one line listing the valid ones."""
     out = tmp_path / "new.h5"
     proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "3", "--d", "4",
                    "--dist", "srht", "--out", out)
     assert proc.returncode == 0, proc.stderr
     with RunFile(out) as run:
-        assert run.version == 3 and run.config().kernels == 2
-        assert json.loads(run.attrs["config"])["kernels"] == 2
+        assert run.version == 4 and run.config().kernels == 2
+        stored = json.loads(run.attrs["config"])
+        assert (stored["kernels"], stored["protocol"], stored["nes"], stored["mask_update"]) == (
+            2, "custom", "same-batch", "published")
     assert_user_error(run_cli("train", "--kernels", "3", "--steps", "1"),
                       "--kernels 3 is not valid; choose one of: 1, 2")
 

@@ -103,6 +103,28 @@ def test_batches_do_not_depend_on_rank_count(tmp_path):
     assert np.array_equal(np.concatenate([t[1] for t in two]), one[1])
 
 
+def augment_one_by_one(x, params, pad):
+    """The augmentation image by image (rbd-hpc 0.1's loop): the batched gather must equal it."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out = np.empty(x.shape, dtype=np.float32)
+    for i, (dy, dx, fl, delta) in enumerate(params):
+        img = padded[i, int(dy):int(dy) + h, int(dx):int(dx) + w]
+        out[i] = (img[:, ::-1] if fl else img) / np.float32(255.0) + np.float32(delta)
+    return out
+
+
+@pytest.mark.parametrize("shape, pad, flip, brightness", [((32, 28, 28, 1), 3, False, 0.5),
+                                                          ((16, 32, 32, 3), 4, True, 0.0)])
+def test_batched_augmentation_is_bitwise_the_image_by_image_one(shape, pad, flip, brightness):
+    x = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    params = data.augment_params(7, 3, 11, shape[0], pad, flip, brightness)
+    fast = data.apply_augmentation(x, params, pad)
+    assert fast.dtype == np.float32 and fast.shape == shape
+    assert np.array_equal(fast, augment_one_by_one(x, params, pad))
+    assert flip == bool(params[:, 2].any())  # the CIFAR case exercises flipped images
+
+
 def test_augmentation_is_a_translation_plus_brightness():
     x = np.zeros((1, 28, 28, 1), np.uint8)
     x[0, 10, 10] = 255

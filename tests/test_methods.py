@@ -353,7 +353,7 @@ def test_nes_sharded_over_three_ranks_equals_one_process():
         theta = torch.zeros(200)
         scored = []
 
-        def loss_at():
+        def loss_at(i):
             scored.append(1)
             return float(0.5 * (theta - target).pow(2).sum())
         cs = [nes.step(theta, None, step, 0.5, loss_at=loss_at).coefficients for step in range(4)]

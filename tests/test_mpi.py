@@ -184,11 +184,14 @@ def test_world_size_must_match_slurm_ntasks(idx_dir):
     assert "MPI world size 1 does not match SLURM_NTASKS=4" in proc.stderr
 
 
-def test_nes_offspring_spread_over_ranks_match_one_rank_bitwise(idx_dir, tmp_path):
+@pytest.mark.parametrize("variant", ["same-batch", "paper"])
+def test_nes_offspring_spread_over_ranks_match_one_rank_bitwise(idx_dir, tmp_path, variant):
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    train_mpi(1, one, idx_dir, "--steps", "6", "--method", "nes", "--d", "12")
-    last = train_mpi(2, two, idx_dir, "--steps", "6", "--method", "nes", "--d", "12")
-    # every offspring is evaluated on the whole batch: the split changes nothing
+    args = ("--steps", "6", "--method", "nes", "--d", "12", "--nes", variant)
+    train_mpi(1, one, idx_dir, *args)
+    last = train_mpi(2, two, idx_dir, *args)
+    # every offspring is evaluated on its whole batch (the step's, or its own with --nes
+    # paper, chosen by its global index): the split changes nothing
     assert np.array_equal(coefficients(one), coefficients(two))
     assert np.array_equal(final_theta(one), final_theta(two))
     assert last["bytes_per_step"] == 4 * 6  # each rank hands its share, 6 of the 12 losses, to MPI

@@ -8,6 +8,8 @@ are flags, so the loop never asks which method it holds:
                      (docs/design.md, invariant 2).
   direction_parallel in per-rank mode (and for NES) ranks split the directions, not the data:
                      every rank sees the whole batch.
+  batches_per_step   mini-batches one step consumes: 1, or n for the paper's NES, whose n
+                     offspring each take their own batch (``loss_at(i)``: offspring i's).
 """
 from __future__ import annotations
 
@@ -30,14 +32,21 @@ class Method:
     logs_coefficients = False
     direction_parallel = False
     n_coefficients = 0
+    batches_per_step = 1
 
     def prepare(self, theta: torch.Tensor) -> None:
         """Called once on θ0 before the first step (RigL masks it); most methods do nothing."""
 
+    def forward_shift(self, theta: torch.Tensor) -> torch.Tensor | None:
+        """A displacement of θ for the step's forward and backward pass (the official FPD's
+        carried coordinates), or None: the gradient is taken at θ. θ itself is restored."""
+        return None
+
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
-             loss_at: Callable[[], float] | None = None) -> StepResult:
-        """Update θ in place from the gradient. ``loss_at()`` is the mini-batch loss at θ as it
-        stands (NES evaluates its offspring with it); gradient methods ignore it."""
+             loss_at: Callable[[int], float] | None = None) -> StepResult:
+        """Update θ in place from the gradient. ``loss_at(i)`` is the loss at θ as it stands on
+        offspring i's mini-batch — the step's batch unless ``batches_per_step`` > 1 (NES
+        scores its offspring with it); gradient methods ignore it."""
         raise NotImplementedError
 
     # -- state kept between steps, saved in snapshots (e.g. the momentum velocity) ----------

@@ -40,11 +40,14 @@ def build_method(cfg, named_shapes: list[tuple[str, tuple]], comm, device,
     if cfg.method == "nes":
         return _nes(cfg, compartments, comm, device, image), compartments
     basis = Basis(cfg.basis, cfg.seed, device, image_layers=image)
-    cls = FixedProjectionDescent if cfg.method == "fpd" else RandomBasesDescent
-    method = cls(compartments, basis, comm, mode=cfg.mode, chunk_size=cfg.chunk,
-                 redraw_every=cfg.redraw_every, world_size=world_size,
-                 keep_in_memory=cfg.keep_in_memory, momentum=cfg.momentum,
-                 weight_decay=cfg.weight_decay)
+    common = dict(mode=cfg.mode, chunk_size=cfg.chunk, redraw_every=cfg.redraw_every,
+                  world_size=world_size, keep_in_memory=cfg.keep_in_memory,
+                  momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.method == "fpd":
+        method = FixedProjectionDescent(compartments, basis, comm, **common,
+                                        carry_coordinates=cfg.fpd == "official")
+    else:
+        method = RandomBasesDescent(compartments, basis, comm, **common)
     too_many = [c for c in compartments if c.d * method.ranks > c.size]
     if method.direction_parallel and too_many:
         c = too_many[0]
@@ -65,16 +68,18 @@ def _sparse(cfg, named_shapes, comm, total_steps: int | None) -> SparseTraining:
         offset += n
     return SparseTraining(cfg.method, layers, comm, cfg.seed, cfg.sparsity, cfg.sparsity_dist,
                           total_steps, cfg.momentum, cfg.mask_every, cfg.drop_fraction,
-                          weight_decay=cfg.weight_decay)
+                          weight_decay=cfg.weight_decay, update=cfg.mask_update)
 
 
 def _nes(cfg, compartments, comm, device, image) -> NES:
+    # same-batch NES always pairs its offspring; the paper's pairs them only with --antithetic
+    antithetic = cfg.nes == "same-batch" or cfg.antithetic
     odd = [c for c in compartments if c.d % 2]
-    if odd:
+    if antithetic and odd:
         raise UserError(f"NES evaluates antithetic pairs: compartment {odd[0].name!r} got an odd "
                         f"d={odd[0].d}; use an even --d / --d-per-compartment")
-    basis = Basis(dataclasses.replace(cfg.basis, antithetic=True), cfg.seed, device,
+    basis = Basis(dataclasses.replace(cfg.basis, antithetic=antithetic), cfg.seed, device,
                   image_layers=image)
     return NES(compartments, basis, comm, mode="shared", chunk_size=cfg.chunk,
                redraw_every=cfg.redraw_every, world_size=1, sigma=cfg.sigma,
-               weight_decay=cfg.weight_decay)
+               weight_decay=cfg.weight_decay, variant=cfg.nes)

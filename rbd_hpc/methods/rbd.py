@@ -91,7 +91,7 @@ class RandomBasesDescent(Velocity):
         return self.basis.config.structured or self.keep_in_memory
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
-             loss_at: Callable[[], float] | None = None) -> StepResult:
+             loss_at: Callable[[int], float] | None = None) -> StepResult:
         if self.mode == "shared" and self.one_exchange():
             # project onto every direction, then the step's one exchange: d coordinates
             # averaged over ranks; then apply them chunk by chunk, as replay does

@@ -5,6 +5,12 @@ by Erdős–Rényi-Kernel (ERK). Every ΔT steps until 75% of training, a fracti
 layer's active weights — α_t = α/2 (1 + cos(π t / T_end)) — is dropped by smallest
 magnitude and as many inactive connections are grown: by largest gradient magnitude
 (RigL) or at random (SET); grown weights start at zero. Static never changes its mask.
+``update`` says which connections may grow and whether the step also moves θ:
+  published    as Evci et al.'s code: the candidates are every connection inactive after the
+               drop (a connection just dropped may come back), and a mask-update step makes
+               no gradient step;
+  rbd-hpc-0.1  candidates only among connections inactive before the drop, and the gradient
+               step is taken on mask-update steps too (rbd-hpc 0.1; run files of format ≤ 3).
 The optimiser is SGD (optional momentum and weight decay) on the masked weights. Under MPI it is
 data-parallel: the dense gradient is averaged, so every rank grows the same connections.
 """
@@ -22,6 +28,7 @@ from .update import Velocity, decay_
 
 SPARSE_METHODS = ("rigl", "set", "static")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
+MASK_UPDATES = ("published", "rbd-hpc-0.1")
 
 
 def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
@@ -44,8 +51,11 @@ class SparseTraining(Velocity):
     def __init__(self, kind: str, layers: list[tuple[str, int, int, tuple]], comm, seed: int,
                  sparsity: float, distribution: str, total_steps: int, momentum: float = 0.0,
                  update_every: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, update: str = "published"):
         """``layers``: (name, start, stop, shape) of every weight tensor to sparsify."""
+        if update not in MASK_UPDATES:
+            raise ValueError(f"mask update {update!r} not in {MASK_UPDATES}")
+        self.update = update
         self.name, self.kind, self.comm, self.seed = kind, kind, comm, seed
         self.layers = layers
         self.sparsity, self.momentum, self.weight_decay = sparsity, momentum, weight_decay
@@ -75,11 +85,14 @@ class SparseTraining(Velocity):
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / max(self.t_end, 1)))
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
-             loss_at: Callable[[], float] | None = None) -> StepResult:
+             loss_at: Callable[[int], float] | None = None) -> StepResult:
         g = self.comm.allreduce_mean(grad)  # data-parallel, like SGD
         if (self.kind != "static" and step > 0 and step % self.update_every == 0
                 and step < self.t_end):
             self._update_mask(theta, g, step)
+            if self.update == "published":  # the published code steps the mask, not θ
+                theta.mul_(self.mask)
+                return StepResult(torch.zeros(0, dtype=torch.float32))
         upd = g * self.mask
         if self.momentum:
             upd = self.velocity_for(theta).mul_(self.momentum).add_(upd) * self.mask
@@ -100,7 +113,10 @@ class SparseTraining(Velocity):
             # drop: the k active weights of smallest magnitude
             score = torch.where(m, w.abs(), torch.full_like(w, float("inf")))
             drop = torch.sort(score, stable=True).indices[:k]
-            # grow: k inactive connections (before this drop) by gradient magnitude, or random
+            # grow k connections by gradient magnitude (RigL) or at random (SET), among those
+            # inactive after the drop (published) or before it (rbd-hpc-0.1)
+            if self.update == "published":
+                m[drop] = False
             if self.kind == "rigl":
                 gs = torch.where(m, torch.full_like(w, -1.0), g[start:stop].abs())
                 grow = torch.sort(gs, descending=True, stable=True).indices[:k]

@@ -22,7 +22,7 @@ class SGD(Velocity):
         self.velocity = None
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
-             loss_at: Callable[[], float] | None = None) -> StepResult:
+             loss_at: Callable[[int], float] | None = None) -> StepResult:
         g = self.comm.allreduce_mean(grad)  # the baseline exchanges all D floats
         if self.momentum:
             g = self.velocity_for(theta).mul_(self.momentum).add_(g)

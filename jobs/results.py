@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""Results tables generated from committed metrics, never typed: docs/results.md and README.
+
+    python jobs/results.py collect RUNDIR [NAME ...]   # run files → docs/metrics/paper/
+    python jobs/results.py tables                      # docs/results.yaml → the tables
+
+``collect`` copies each run's per-epoch metrics (NAME.jsonl) and writes its config
+(NAME.config.json, from the run file) into docs/metrics/paper/, so every figure outlives the
+machine and its run file. ``tables`` reads the manifest docs/results.yaml and rewrites the
+text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in docs/results.md
+(tables A and B) and README.md (the summary):
+
+  Table A — the paper's Table 1 cells under --protocol paper. One row per setting: its runs
+            (seeds), every deviation from the paper's protocol (TrainConfig.deviations, from
+            the stored config), final-epoch validation and test accuracy as mean ± std over
+            seeds (and validation averaged over each run's last ten epochs, which a constant
+            learning rate makes noisy from one epoch to the next), the paper's figure and its ±, and how far the validation mean lies from it
+            in the paper's standard deviations.
+  Agreement — srht against Gaussian directions at the last epoch all their runs reached.
+  Table B — extensions. Candidates are grouped; in each group the candidate with the highest
+            mean final validation accuracy is chosen, and test accuracy is printed for the
+            chosen one only (the others show validation alone).
+
+A run that has not reached the manifest's epochs is shown with the epoch it reached and
+marked unfinished; a cell without runs stays empty. Standard deviations are over seeds with
+ddof = 1 ("—" for one seed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ROOT / "docs" / "metrics" / "paper"
+LEGACY = ROOT / "docs" / "table1_100epochs.csv"  # rbd-hpc 0.1's runs: final test, best val
+MANIFEST = ROOT / "docs" / "results.yaml"
+
+# Table 1 of the paper (Fashion-MNIST rows): mean and ± in %, 100 epochs
+PAPER = {
+    ("fc", "nes"): (45.0, 6.0), ("fc", "fpd"): (77.3, 0.29), ("fc", "rbd"): (85.65, 0.2),
+    ("fc", "sgd"): (87.32, 0.21),
+    ("cnn", "nes"): (37.0, 4.0), ("cnn", "fpd"): (77.8, 1.6), ("cnn", "rbd"): (85.56, 0.1),
+    ("cnn", "sgd"): (91.95, 0.18),
+}
+
+
+def fail(message: str) -> None:
+    print(f"results: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# -- reading runs ---------------------------------------------------------------------------
+
+def run_record(name: str, metrics_dir: Path = METRICS) -> dict:
+    """A run's last metrics row and its config, from the committed files."""
+    path, cfg_path = metrics_dir / f"{name}.jsonl", metrics_dir / f"{name}.config.json"
+    for p in (path, cfg_path):
+        if not p.is_file():
+            fail(f"run {name}: {p} is missing (python jobs/results.py collect RUNDIR {name})")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        fail(f"run {name}: {path} holds no epoch yet")
+    return {"name": name, "last": rows[-1], "config": json.loads(cfg_path.read_text())}
+
+
+def deviations(config: dict) -> list[str]:
+    from rbd_hpc.config import TrainConfig  # the one definition of the paper's protocol
+    return TrainConfig.from_dict(config, "stored config").deviations()
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def shown(values: list[float]) -> str:
+    m, s = mean_std([100 * v for v in values])
+    return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} ± —"
+
+
+def summarise(names: list[str], epochs: int, metrics_dir: Path = METRICS) -> dict:
+    """Seeds, val/test lists, the epoch reached and the deviations shared by a row's runs."""
+    runs = [run_record(n, metrics_dir) for n in names]
+    devs = {n["name"]: deviations(n["config"]) for n in runs}
+    first = next(iter(devs.values()))
+    if any(d != first for d in devs.values()):
+        fail(f"runs {names} do not share one setting: {devs}")
+    reached = min(r["last"]["epoch"] for r in runs)
+    tail = [[row["val_acc"] for e, row in epoch_rows(n, metrics_dir).items() if e > reached - 10]
+            for n in names]  # each run's last ten epochs (of those all its seeds reached)
+    return {"seeds": [r["config"]["seed"] for r in runs], "val": [r["last"]["val_acc"] for r in runs],
+            "val_tail": [statistics.fmean(t) for t in tail],
+            "test": [r["last"]["test_acc"] for r in runs], "epoch": reached,
+            "finished": reached >= epochs - 1e-9, "deviations": first,
+            "config": runs[0]["config"]}
+
+
+def legacy_summary(model: str, method: str, settings: list[str], epochs: int,
+                   csv_path: Path = LEGACY) -> dict:
+    """A candidate from rbd-hpc 0.1's committed table (one row per seed, by its setting text):
+    its final test accuracy and its best-epoch validation accuracy (the file holds no final
+    validation), on that protocol (55,000 / 5,000, no augmentation, kernel generation 1)."""
+    with open(csv_path, newline="") as f:
+        table = {(r["model"], r["method"], r["setting"]): r for r in csv.DictReader(f)}
+    rows = []
+    for setting in settings:
+        key = (f"{model.upper()}-FMNIST", method.upper(), setting)
+        if key not in table:
+            fail(f"{csv_path.name} has no row {key}")
+        rows.append(table[key])
+    reached = min(float(r["epochs"].split()[0]) for r in rows)
+    seeds = [1 if re.search(r"seed 1\b", r["setting"]) else 0 for r in rows]  # 0: the default
+    return {"seeds": seeds, "val": [float(r["best val (%)"]) / 100 for r in rows],
+            "test": [float(r["test acc (%)"]) / 100 for r in rows], "epoch": reached,
+            "finished": reached >= epochs, "deviations": [], "config": {}}
+
+
+def candidate_summary(group: dict, cand: dict, epochs: int, metrics_dir: Path) -> dict:
+    if "legacy" in cand:
+        return legacy_summary(group["model"], group["method"], cand["legacy"], epochs)
+    return summarise(cand["runs"], epochs, metrics_dir)
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
+    out = ["| model | method | deviations from the paper's protocol | seeds | epochs | "
+           "val acc (%) | val acc, mean of the last 10 epochs (%) | test acc (%) | paper (%) | "
+           "val − paper, in paper σ |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        model, method = row["model"], row["method"]
+        paper, pm = PAPER[(model, method)]
+        head = f"| {model.upper()}-FMNIST | {method.upper()} | "
+        if not row.get("runs"):
+            out.append(head + f"{row.get('note', 'not run')} | — | — | — | — | — | "
+                       f"{paper:g} ± {pm:g} | — |")
+            continue
+        s = summarise(row["runs"], epochs, metrics_dir)
+        devs = "; ".join(d.replace("|", "/") for d in s["deviations"]) or "none"
+        if row.get("note"):
+            devs += f" ({row['note']})"
+        ep = f"{s['epoch']:.4g}" + ("" if s["finished"] else " (unfinished)")
+        z = (100 * statistics.fmean(s["val"]) - paper) / pm
+        out.append(head + f"{devs} | {', '.join(map(str, s['seeds']))} | {ep} | "
+                   f"{shown(s['val'])} | {shown(s['val_tail'])} | {shown(s['test'])} | "
+                   f"{paper:g} ± {pm:g} | {z:+.1f} |")
+    return "\n".join(out)
+
+
+def table_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
+    out = ["| group | candidate (everything it changes) | seeds | epochs | val acc (%) | "
+           "test acc (%) |", "|---|---|---|---:|---:|---:|"]
+    for group in groups:
+        summaries = [(c, candidate_summary(group, c, epochs, metrics_dir))
+                     for c in group["candidates"]]
+        best = max(range(len(summaries)), key=lambda i: statistics.fmean(summaries[i][1]["val"]))
+        for i, (cand, s) in enumerate(summaries):
+            chosen = i == best
+            ep = f"{s['epoch']:.4g}" + ("" if s["finished"] else " (unfinished)")
+            test = f"**{shown(s['test'])}**" if chosen else "not read"
+            label = f"**{cand['label']}** (chosen)" if chosen else cand["label"]
+            seeds = ", ".join(map(str, s["seeds"]))
+            out.append(f"| {group['name']} | {label} | {seeds} | {ep} | "
+                       f"{shown(s['val'])} | {test} |")
+    return "\n".join(out)
+
+
+def epoch_rows(name: str, metrics_dir: Path = METRICS) -> dict[float, dict]:
+    """A run's metrics rows by epoch."""
+    path = metrics_dir / f"{name}.jsonl"
+    if not path.is_file():
+        fail(f"run {name}: {path} is missing (python jobs/results.py collect RUNDIR {name})")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {round(r["epoch"], 4): r for r in rows}
+
+
+def agreement(pairs: list[dict], metrics_dir: Path = METRICS) -> str:
+    """srht against Gaussian directions, compared at the last epoch every run has reached:
+    validation accuracy of each set of runs there (mean ± std over seeds)."""
+    out = ["| cell | epoch compared | Gaussian: runs, val acc (%) | srht: runs, val acc (%) | "
+           "srht − Gaussian (points) |", "|---|---:|---|---|---:|"]
+    for pair in pairs:
+        if not pair.get("gaussian"):
+            out.append(f"| {pair['label']} | — | {pair.get('note', 'not run yet')} | "
+                       f"{len(pair['srht'])} run(s) | — |")
+            continue
+        sets = {k: [epoch_rows(n, metrics_dir) for n in pair[k]] for k in ("gaussian", "srht")}
+        common = set.intersection(*(set(r) for runs in sets.values() for r in runs))
+        if not common:
+            out.append(f"| {pair['label']} | — | no common epoch yet | | |")
+            continue
+        e = max(common)
+        vals = {k: [r[e]["val_acc"] for r in runs] for k, runs in sets.items()}
+        diff = 100 * (statistics.fmean(vals["srht"]) - statistics.fmean(vals["gaussian"]))
+        out.append(f"| {pair['label']} | {e:g} | {len(vals['gaussian'])}: "
+                   f"{shown(vals['gaussian'])} | {len(vals['srht'])}: {shown(vals['srht'])} | "
+                   f"{diff:+.2f} |")
+    return "\n".join(out)
+
+
+def summary(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
+    """The README's lines: the table-A rows marked ``summary: true`` (else each cell's first
+    row), validation and test next to the paper."""
+    out = ["| Table A cell (paper protocol) | seeds | val acc (%) | test acc (%) | paper (%) |",
+           "|---|---|---:|---:|---:|"]
+    seen = set()
+    marked = [r for r in rows if r.get("summary")]
+    for row in marked or rows:
+        key = (row["model"], row["method"])
+        if key in seen or not row.get("runs"):
+            continue
+        seen.add(key)
+        s = summarise(row["runs"], epochs, metrics_dir)
+        paper, pm = PAPER[key]
+        devs = ", ".join(d.split(" (")[0] for d in s["deviations"])
+        name = f"{key[0].upper()}-FMNIST {key[1].upper()}" + (f" ({devs})" if devs else "")
+        ep = "" if s["finished"] else f", epoch {s['epoch']:g} of {epochs}"
+        out.append(f"| {name} | {len(s['seeds'])}{ep} | {shown(s['val'])} | {shown(s['test'])} | "
+                   f"{paper:g} ± {pm:g} |")
+    return "\n".join(out)
+
+
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Rewrite the text between <!-- results:NAME --> and <!-- /results:NAME -->."""
+    source = path.read_text()
+    pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
+    if not pattern.search(source):
+        fail(f"{path} has no <!-- results:{name} --> … <!-- /results:{name} --> block")
+    path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source))
+
+
+def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
+           results_md: Path = ROOT / "docs" / "results.md",
+           readme: Path = ROOT / "README.md") -> dict[str, str]:
+    spec = yaml.safe_load(manifest.read_text())
+    epochs = int(spec.get("epochs", 100))
+    made = {"table-a": table_a(spec["table_a"], epochs, metrics_dir),
+            "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),
+            "agreement": agreement(spec.get("agreement") or [], metrics_dir),
+            "summary": summary(spec["table_a"], epochs, metrics_dir)}
+    replace_block(results_md, "table-a", made["table-a"])
+    replace_block(results_md, "table-b", made["table-b"])
+    replace_block(results_md, "agreement", made["agreement"])
+    replace_block(readme, "summary", made["summary"])
+    return made
+
+
+def collect(rundir: Path, names: list[str], metrics_dir: Path = METRICS) -> list[str]:
+    from rbd_hpc.runlog import RunFile
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    names = names or sorted(p.stem for p in rundir.glob("*.h5"))
+    for name in names:
+        with RunFile(rundir / f"{name}.h5") as run:
+            config = json.loads(run.config().to_json())
+        shutil.copyfile(rundir / f"{name}.jsonl", metrics_dir / f"{name}.jsonl")
+        (metrics_dir / f"{name}.config.json").write_text(json.dumps(config, indent=1,
+                                                                    sort_keys=True) + "\n")
+    return names
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="copy metrics and configs of run files into docs/metrics")
+    c.add_argument("rundir", type=Path)
+    c.add_argument("names", nargs="*", help="run names (default: every NAME.h5 in RUNDIR)")
+    sub.add_parser("tables", help="rewrite the tables in docs/results.md and README.md")
+    args = p.parse_args()
+    from rbd_hpc.errors import UserError
+    try:
+        if args.command == "collect":
+            for name in collect(args.rundir, args.names):
+                print(f"collected {name}")
+        else:
+            made = tables()
+            print(made["table-a"] + "\n\n" + made["table-b"])
+    except UserError as e:
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

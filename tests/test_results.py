@@ -1,0 +1,88 @@
+"""jobs/results.py: tables generated from committed metrics, selection on validation only."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rbd_hpc.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "jobs"))
+import results  # noqa: E402
+
+
+def write_run(d: Path, name: str, val: float, test: float, epoch: float = 100, **fields):
+    cfg = TrainConfig.from_preset("fc-fmnist", **fields)
+    rows = [{"epoch": e, "val_acc": 0.1, "test_acc": 0.1} for e in (1, 2)]
+    rows += [{"epoch": epoch - 0.5, "val_acc": val - 0.02, "test_acc": 0.1}] if epoch > 12 else []
+    rows.append({"epoch": epoch, "val_acc": val, "test_acc": test})
+    (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / f"{name}.config.json").write_text(cfg.to_json())
+
+
+@pytest.fixture
+def docs(tmp_path):
+    md, readme = tmp_path / "results.md", tmp_path / "README.md"
+    md.write_text("# R\n<!-- results:table-a -->\nold\n<!-- /results:table-a -->\nmid\n"
+                  "<!-- results:table-b -->\n<!-- /results:table-b -->\n"
+                  "<!-- results:agreement -->\n<!-- /results:agreement -->\nend\n")
+    readme.write_text("x\n<!-- results:summary -->\nold\n<!-- /results:summary -->\ny\n")
+    return tmp_path, md, readme
+
+
+def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(docs):
+    d, md, readme = docs
+    for s, (v, t) in enumerate([(0.84, 0.83), (0.86, 0.85), (0.85, 0.87)]):
+        write_run(d, f"sgd-s{s}", v, t, protocol="paper", method="sgd", seed=s)
+    write_run(d, "rbd-s0", 0.80, 0.79, epoch=40, protocol="paper", method="rbd", dist="srht")
+    write_run(d, "a-s0", 0.90, 0.70, method="rbd")      # best validation: chosen
+    write_run(d, "b-s0", 0.88, 0.99, method="rbd")      # best test: never read
+    write_run(d, "g-s0", 0.12, 0.5, epoch=2, protocol="paper", method="rbd")  # Gaussian, 2 epochs
+    manifest = d / "m.yaml"
+    manifest.write_text(
+        "epochs: 100\ntable_a:\n"
+        "  - {model: fc, method: sgd, runs: [sgd-s0, sgd-s1, sgd-s2]}\n"
+        "  - {model: fc, method: rbd, runs: [rbd-s0]}\n"
+        "  - {model: cnn, method: rbd, note: not run yet}\n"
+        "table_b:\n  - name: G\n    model: fc\n    method: rbd\n    candidates:\n"
+        "      - {label: A, runs: [a-s0]}\n      - {label: B, runs: [b-s0]}\n"
+        "agreement:\n  - {label: FC RBD, gaussian: [g-s0], srht: [rbd-s0]}\n")
+    made = results.tables(manifest, d, md, readme)
+    a = made["table-a"].splitlines()
+    # mean ± sample std over the three seeds: val 85.00 ± 1.00, test 85.00 ± 2.00
+    # the mean over each run's last ten epochs (99.5 and 100; not 1 and 2): one point lower
+    assert a[2] == ("| FC-FMNIST | SGD | none | 0, 1, 2 | 100 | 85.00 ± 1.00 | 84.00 ± 1.00 | "
+                    "85.00 ± 2.00 | 87.32 ± 0.21 | -11.0 |")
+    assert a[3] == ("| FC-FMNIST | RBD | --dist srht (paper: gaussian) | 0 | 40 (unfinished) | "
+                    "80.00 ± — | 79.00 ± — | 79.00 ± — | 85.65 ± 0.2 | -28.3 |")
+    assert a[4] == "| CNN-FMNIST | RBD | not run yet | — | — | — | — | — | 85.56 ± 0.1 | — |"
+    b = made["table-b"].splitlines()
+    assert b[2] == "| G | **A** (chosen) | 0 | 100 | 90.00 ± — | **70.00 ± —** |"
+    assert b[3] == "| G | B | 0 | 100 | 88.00 ± — | not read |"
+    # srht against Gaussian at the last epoch both reached (2): 10.00 against 12.00
+    assert made["agreement"].splitlines()[2] == "| FC RBD | 2 | 1: 12.00 ± — | 1: 10.00 ± — | -2.00 |"
+    text = md.read_text()
+    assert "old" not in text and made["table-a"] in text and text.endswith("end\n")
+    assert made["summary"] in readme.read_text() and "FC-FMNIST SGD | 3 |" in made["summary"]
+
+
+def test_a_missing_run_is_one_error_line(docs, capsys):
+    d, md, readme = docs
+    manifest = d / "m.yaml"
+    manifest.write_text("table_a:\n  - {model: fc, method: sgd, runs: [nowhere]}\n")
+    with pytest.raises(SystemExit) as e:
+        results.tables(manifest, d, md, readme)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run nowhere:" in err and "collect" in err
+
+
+def test_the_committed_tables_are_what_the_manifest_generates(tmp_path):
+    """docs/results.md and README.md hold exactly what `jobs/results.py tables` writes."""
+    md, readme = tmp_path / "results.md", tmp_path / "README.md"
+    md.write_text((ROOT / "docs" / "results.md").read_text())
+    readme.write_text((ROOT / "README.md").read_text())
+    results.tables(results.MANIFEST, results.METRICS, md, readme)
+    assert md.read_text() == (ROOT / "docs" / "results.md").read_text()
+    assert readme.read_text() == (ROOT / "README.md").read_text()
