@@ -57,6 +57,7 @@ PAPER_FIELDS_BY_METHOD = {
     "nes": _DIRECTION_FIELDS + ("antithetic", "weight_decay", "sigma", "nes"),
     "sgd": ("momentum", "weight_decay"),
 }
+_SPARSE_FIELDS = ("mask_update", "momentum", "weight_decay")  # rigl, set, static
 _COMMON_PAPER_FIELDS = ("epochs", "batch_size", "val_size", "augment", "schedule")
 MAX_THREADS = 4096   # torch's thread count is a C int; beyond any node's cores anyway
 MAX_LR = 1e30        # float32 overflows near 3.4e38: a step would turn θ into inf
@@ -265,9 +266,7 @@ class TrainConfig:
         if self.protocol != "paper":
             return []
         out = []
-        fields = _COMMON_PAPER_FIELDS + PAPER_FIELDS_BY_METHOD.get(self.method, ("mask_update",
-                                                                                "momentum",
-                                                                                "weight_decay"))
+        fields = _COMMON_PAPER_FIELDS + PAPER_FIELDS_BY_METHOD.get(self.method, _SPARSE_FIELDS)
         for name in fields:
             value, paper = getattr(self, name), PAPER_PROTOCOL[name]
             if name == "epochs" and self.steps is not None:
