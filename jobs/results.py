@@ -14,8 +14,8 @@ text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in docs/re
             (seeds), every deviation from the paper's protocol (TrainConfig.deviations, from
             the stored config), final-epoch validation and test accuracy as mean ± std over
             seeds (and validation averaged over each run's last ten epochs, which a constant
-            learning rate makes noisy from one epoch to the next), the paper's figure and its ±, and how far the validation mean lies from it
-            in the paper's standard deviations.
+            learning rate makes noisy from one epoch to the next), the paper's figure and its
+            ±, and how far the validation mean lies from it in the paper's standard deviations.
   Agreement — srht against Gaussian directions at the last epoch all their runs reached.
   Table B — extensions. Candidates are grouped; in each group the candidate with the highest
             mean final validation accuracy is chosen, and test accuracy is printed for the
@@ -59,16 +59,20 @@ def fail(message: str) -> None:
 
 # -- reading runs ---------------------------------------------------------------------------
 
+def committed(path: Path, name: str) -> Path:
+    if not path.is_file():
+        fail(f"run {name}: {path} is missing (python jobs/results.py collect RUNDIR {name})")
+    return path
+
+
 def run_record(name: str, metrics_dir: Path = METRICS) -> dict:
-    """A run's last metrics row and its config, from the committed files."""
-    path, cfg_path = metrics_dir / f"{name}.jsonl", metrics_dir / f"{name}.config.json"
-    for p in (path, cfg_path):
-        if not p.is_file():
-            fail(f"run {name}: {p} is missing (python jobs/results.py collect RUNDIR {name})")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """A run's metrics rows by epoch, its last row and its config, from the committed files."""
+    rows = epoch_rows(name, metrics_dir)
     if not rows:
-        fail(f"run {name}: {path} holds no epoch yet")
-    return {"name": name, "last": rows[-1], "config": json.loads(cfg_path.read_text())}
+        fail(f"run {name}: {metrics_dir / name}.jsonl holds no epoch yet")
+    config = committed(metrics_dir / f"{name}.config.json", name)
+    return {"name": name, "rows": rows, "last": rows[max(rows)],
+            "config": json.loads(config.read_text())}
 
 
 def deviations(config: dict) -> list[str]:
@@ -93,13 +97,12 @@ def summarise(names: list[str], epochs: int, metrics_dir: Path = METRICS) -> dic
     if any(d != first for d in devs.values()):
         fail(f"runs {names} do not share one setting: {devs}")
     reached = min(r["last"]["epoch"] for r in runs)
-    tail = [[row["val_acc"] for e, row in epoch_rows(n, metrics_dir).items() if e > reached - 10]
-            for n in names]  # each run's last ten epochs (of those all its seeds reached)
+    tail = [[row["val_acc"] for e, row in r["rows"].items() if e > reached - 10]
+            for r in runs]  # each run's last ten epochs (of those all its seeds reached)
     return {"seeds": [r["config"]["seed"] for r in runs], "val": [r["last"]["val_acc"] for r in runs],
             "val_tail": [statistics.fmean(t) for t in tail],
             "test": [r["last"]["test_acc"] for r in runs], "epoch": reached,
-            "finished": reached >= epochs - 1e-9, "deviations": first,
-            "config": runs[0]["config"]}
+            "finished": reached >= epochs - 1e-9, "deviations": first}
 
 
 def legacy_summary(model: str, method: str, settings: list[str], epochs: int,
@@ -119,7 +122,7 @@ def legacy_summary(model: str, method: str, settings: list[str], epochs: int,
     seeds = [1 if re.search(r"seed 1\b", r["setting"]) else 0 for r in rows]  # 0: the default
     return {"seeds": seeds, "val": [float(r["best val (%)"]) / 100 for r in rows],
             "test": [float(r["test acc (%)"]) / 100 for r in rows], "epoch": reached,
-            "finished": reached >= epochs, "deviations": [], "config": {}}
+            "finished": reached >= epochs, "deviations": []}
 
 
 def candidate_summary(group: dict, cand: dict, epochs: int, metrics_dir: Path) -> dict:
@@ -174,9 +177,7 @@ def table_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str
 
 def epoch_rows(name: str, metrics_dir: Path = METRICS) -> dict[float, dict]:
     """A run's metrics rows by epoch."""
-    path = metrics_dir / f"{name}.jsonl"
-    if not path.is_file():
-        fail(f"run {name}: {path} is missing (python jobs/results.py collect RUNDIR {name})")
+    path = committed(metrics_dir / f"{name}.jsonl", name)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {round(r["epoch"], 4): r for r in rows}
 
@@ -254,8 +255,12 @@ def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
 
 def collect(rundir: Path, names: list[str], metrics_dir: Path = METRICS) -> list[str]:
     from rbd_hpc.runlog import RunFile
-    metrics_dir.mkdir(parents=True, exist_ok=True)
+    if not rundir.is_dir():
+        fail(f"collect: {rundir} is not a directory of run files")
     names = names or sorted(p.stem for p in rundir.glob("*.h5"))
+    if not names:
+        fail(f"collect: {rundir} holds no run file (NAME.h5)")
+    metrics_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         with RunFile(rundir / f"{name}.h5") as run:
             config = json.loads(run.config().to_json())
