@@ -176,6 +176,24 @@ def sum_middle(a, out):
 
 
 @numba.njit(cache=True)
+def scatter_folded(c, offsets, lengths, key_rows, out):
+    """out[k, offsets[b] + key_rows[b, k, r]] = c[k, r] + c[k, r + n] + … (n = lengths[b]),
+    added in that order with the last group padded by +0: kernels.fold's sums, scattered
+    into every block of ``out`` (zeros) in one call."""
+    m = c.shape[1]
+    for b in range(offsets.shape[0]):
+        n = lengths[b]
+        groups = (m + n - 1) // n
+        for k in range(c.shape[0]):
+            for r in range(min(n, m)):
+                acc = c[k, r]
+                for i in range(1, groups):
+                    j = r + i * n
+                    acc += c[k, j] if j < m else np.float32(0.0)
+                out[k, offsets[b] + key_rows[b, k, r]] = acc
+
+
+@numba.njit(cache=True)
 def srht_rows(k0, k1, stream, step, first, row_word, lengths, first_key, out):
     """out[k, b, t] = the Hadamard row of key first_key + t in block b (of ``lengths[b]``
     rows) of compartment first + k: ((key mod n) ⊕ β)·α mod n, with α = (w₀ mod n) | 1 and

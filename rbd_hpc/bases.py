@@ -31,7 +31,8 @@ import torch
 
 from .errors import UserError, require_choice
 from .kernels import (CURRENT, KERNELS, fold, fwht_butterfly, fwht_inplace, fwht_radix16,
-                      gaussian_rows, srht_rows, srht_signed_scales, sum_in_order)
+                      gaussian_rows, scatter_folded, srht_rows, srht_signed_scales,
+                      sum_in_order)
 from .seeds import Stream, derive_seeds, root_key
 
 DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht", "smooth:SIGMA")
@@ -185,13 +186,16 @@ class SRHTChunk:
         key_rows = np.empty((count, len(self.blocks), n_keys), dtype=np.int64)
         srht_rows(k0, k1, int(Stream.SRHT), key_step, first, _ROW_WORD, lengths, self.first_key,
                   key_rows)
-        self.key_rows = list(key_rows.transpose(1, 0, 2))                # per block: (K, keys)
+        self._block_rows = key_rows.transpose(1, 0, 2).copy()             # (blocks, K, keys)
+        self.key_rows = list(self._block_rows)                            # per block: (K, keys)
+        self._lengths = lengths
         self._direction_rows = (key_rows if not antithetic
                                 else key_rows[:, :, j - self.first_key]).transpose(1, 0, 2)
         self.device = self.signed_scale.device
         # the in-place NumPy path: CPU float32; columns of every block's rows in the buffer
         self.fast = self.device.type == "cpu" and dtype == torch.float32
         offsets = np.array([off for off, _ in self.blocks], dtype=np.int64)
+        self._offsets = offsets
         self._columns = self._direction_rows + offsets[:, None, None]   # (blocks, K, m)
         self._compartment_axis = np.arange(count)[:, None]
 
@@ -251,10 +255,9 @@ class SRHTChunk:
         c = self.per_key(c)
         if self.fast and not c.requires_grad:
             out = np.zeros((self.count, self.size), dtype=np.float32)
-            fwht, coefficients = fwht_inplace(), c.numpy()
-            for (off, n), rows in zip(self.blocks, self.key_rows):
-                folded = fold(coefficients, n)
-                out[self._compartment_axis, off + rows[:, :folded.shape[1]]] = folded
+            scatter_folded(c.numpy(), self._offsets, self._lengths, self._block_rows, out)
+            fwht = fwht_inplace()
+            for off, n in self.blocks:
                 for k in range(self.count):
                     fwht(out[k, off:off + n])
             out *= self.signed_scale.numpy()

@@ -268,13 +268,15 @@ def augment_params(seed: int, epoch: int, batch: int, n: int, pad: int, flip: bo
 def apply_augmentation(x: np.ndarray, params: np.ndarray, pad: int) -> np.ndarray:
     """The paper's augmentation: pad by ``pad``, random crop back (a translation with zero
     fill), optional horizontal flip, then a brightness delta (on [0, 1] floats, no clip)."""
-    n, h, w, _ = x.shape
-    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dy, dx = params[:, 0].astype(np.intp), params[:, 1].astype(np.intp)
-    rows = dy[:, None] + np.arange(h)                                    # (n, h)
-    across = np.where(params[:, 2:3] > 0, np.arange(w)[::-1], np.arange(w))
-    cols = dx[:, None] + across                                          # (n, w), flipped rows reversed
-    crops = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    n, h, w, c = x.shape
+    padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), dtype=x.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = x
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))
+    crops = windows[np.arange(n), params[:, 0].astype(np.intp), params[:, 1].astype(np.intp)]
+    flipped = params[:, 2] > 0
+    if flipped.any():
+        crops[flipped] = crops[flipped][..., ::-1]
+    crops = crops.transpose(0, 2, 3, 1)                                  # (n, c, h, w) → NHWC
     # one gather for the batch; per element the same float32 ops as image by image
     return crops / np.float32(255.0) + params[:, 3].astype(np.float32)[:, None, None, None]
 

@@ -208,6 +208,15 @@ def sum_in_order(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def scatter_folded(c: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                   key_rows: np.ndarray, out: np.ndarray) -> None:
+    """For every block b of ``out`` (K, size; zeros): the coefficients ``c`` (K, keys, float32)
+    folded onto the block's n_b rows (``fold``'s sums, bit for bit) and written at columns
+    offsets[b] + key_rows[b] (blocks, K, keys) — one compiled call for all blocks."""
+    _compiled().scatter_folded(np.ascontiguousarray(c), offsets, lengths,
+                               np.ascontiguousarray(key_rows), out)
+
+
 def srht_rows(k0: int, k1: int, stream: int, step: int, first: int, row_word: int,
               lengths: np.ndarray, first_key: int, out: np.ndarray) -> None:
     """out[k, b, t] ← the Hadamard row of key first_key + t in block b of compartment first + k

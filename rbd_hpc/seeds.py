@@ -68,6 +68,21 @@ def philox4x32(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
     return np.stack([c0, c1, c2, c3], axis=1).astype(np.uint32)
 
 
+def philox_block(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, ...]:
+    """Philox4x32-10 of one counter in Python integers: ``philox4x32``'s bits for a single
+    block in about 10 µs, against about 300 µs for the vectorised form's NumPy calls (one seed
+    per batch, e.g. augmentation's, is the common call)."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    m0, m1 = PHILOX_M
+    w0, w1 = PHILOX_W
+    for _ in range(10):
+        p0, p1 = m0 * c0, m1 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & _U32_MAX, (p0 >> 32) ^ c3 ^ k1, p0 & _U32_MAX
+        k0, k1 = (k0 + w0) & _U32_MAX, (k1 + w1) & _U32_MAX
+    return c0, c1, c2, c3
+
+
 def _check_field(name: str, value: int) -> int:
     value = int(value)
     if not 0 <= value <= _U32_MAX:
@@ -99,8 +114,14 @@ def derive_seeds(root_seed: int, stream: Stream, step: int, compartment: int,
 
 def derive_seed(root_seed: int, stream: Stream, step: int = 0, compartment: int = 0,
                 index: int = 0) -> int:
-    """One seed as a Python int in [0, 2**64)."""
-    return int(derive_seeds(root_seed, stream, step, compartment, [index])[0])
+    """One seed as a Python int in [0, 2**64): ``derive_seeds``'s, computed in Python integers."""
+    index = int(index)
+    if not 0 <= index <= _U32_MAX:
+        raise ValueError("direction index outside [0, 2**32)")
+    counter = (_check_field("stream", int(stream)), _check_field("step", step),
+               _check_field("compartment", compartment), index)
+    out = philox_block(counter, root_key(root_seed))
+    return out[0] | (out[1] << 32)
 
 
 def torch_generator(seed: int, device="cpu"):

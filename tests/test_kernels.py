@@ -46,18 +46,20 @@ def test_srht_fast_path_gives_the_reference_bits(size, count, indices, antitheti
     basis = Basis(BasisConfig("srht", antithetic=antithetic), 5)
     chunk = basis.srht_chunk(3, 0, size, indices, count)
     assert chunk.fast
-    g = torch.randn(count * size)
-    c = torch.randn(chunk.n_coefficients)
+    gen = torch.Generator().manual_seed(size)
+    g = torch.randn(count * size, generator=gen)
+    c = torch.randn(chunk.n_coefficients, generator=gen)
     fast = chunk.project(g), chunk.combine(c)
     chunk.fast = False
     slow = chunk.project(g), chunk.combine(c)
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
-    # and both are Φ g and Φᵀ c of the explicit directions, compartment by compartment
+    # and both are Φ g and Φᵀ c of the explicit directions, compartment by compartment (to
+    # float32 rounding: a coefficient sums 101,770 terms of order 1/√D, so 1e-5 was too tight)
     m = len(indices)
     for k in range(count):
         phi = basis.matrix(3, k, size, indices)
         part = slice(k * size, (k + 1) * size)
-        assert torch.allclose(fast[0][k * m:(k + 1) * m], phi @ g[part], atol=1e-5)
+        assert torch.allclose(fast[0][k * m:(k + 1) * m], phi @ g[part], atol=1e-4)
         assert torch.allclose(fast[1][part], c[k * m:(k + 1) * m] @ phi, atol=1e-5)
 
 

@@ -364,3 +364,14 @@ def test_nes_sharded_over_three_ranks_equals_one_process():
     for theta, cs, _ in results:
         assert torch.equal(theta, theta1)
         assert all(torch.equal(a, b) for a, b in zip(cs, cs1))
+
+
+def test_the_logged_step_cosine_is_the_textbook_one():
+    # cos_grad's cosine (train.cosine): torch's cosine_similarity, at a quarter of its cost
+    from rbd_hpc.train import cosine
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(100_000, generator=gen), torch.randn(100_000, generator=gen)
+    assert cosine(a, b) == pytest.approx(float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+                                         abs=1e-5)
+    assert 1 - 1e-6 <= cosine(a, 0.25 * a) <= 1 and -1 <= cosine(a, -a) <= -1 + 1e-6  # clipped
+    assert cosine(torch.zeros(5), torch.ones(5)) == 0.0

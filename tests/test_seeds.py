@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rbd_hpc import seeds
-from rbd_hpc.seeds import Stream, derive_seed, derive_seeds, philox4x32
+from rbd_hpc.seeds import Stream, derive_seed, derive_seeds, philox4x32, philox_block
 
 
 @pytest.mark.parametrize("counter,key,expected", [
@@ -17,6 +17,17 @@ from rbd_hpc.seeds import Stream, derive_seed, derive_seeds, philox4x32
 ])
 def test_philox_known_answers(counter, key, expected):
     assert philox4x32(np.array([counter], dtype=np.uint32), key)[0].tolist() == expected
+    assert list(philox_block(tuple(counter), key)) == expected
+
+
+def test_the_scalar_cipher_is_the_vectorised_one():
+    # derive_seed's Python-integer Philox against the NumPy one, on random and extreme blocks
+    rng = np.random.default_rng(0)
+    counters = rng.integers(0, 2**32, size=(500, 4), dtype=np.uint64).astype(np.uint32)
+    counters[:4] = [[0] * 4, [2**32 - 1] * 4, [0, 2**32 - 1, 0, 2**32 - 1], [1, 2, 3, 4]]
+    for key in [(0, 0), (2**32 - 1, 2**32 - 1), (0x12345678, 0x9ABCDEF0)]:
+        vectorised = philox4x32(counters, key).tolist()
+        assert [list(philox_block(tuple(int(v) for v in c), key)) for c in counters] == vectorised
 
 
 def test_golden_seeds_do_not_drift():
@@ -49,5 +60,7 @@ def test_key_has_no_rank():
 def test_out_of_range_fields_are_rejected(bad):
     with pytest.raises(ValueError):
         derive_seed(0, Stream.DIRECTIONS, bad)
+    with pytest.raises(ValueError, match="direction index"):
+        derive_seed(0, Stream.DIRECTIONS, 0, 0, bad)
     with pytest.raises(ValueError):
         seeds.root_key(-1)
