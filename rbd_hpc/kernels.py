@@ -120,19 +120,15 @@ def fwht_inplace():
     return reference
 
 
-def fold(c: torch.Tensor | np.ndarray, n: int):
+def fold(c: torch.Tensor, n: int) -> torch.Tensor:
     """(K, m) → (K, min(n, m)): column r is c[:, r] + c[:, r + n] + c[:, r + 2n] + …, added in
     that order, the last group padded with +0 (the srht row of key j depends on j mod n only,
-    so keys j and j + n share a Hadamard row of an n-row block). Same bits for tensors (a
-    loop over the groups) and arrays (``sum_in_order``)."""
+    so keys j and j + n share a Hadamard row of an n-row block). The CPU path's
+    ``scatter_folded`` makes the same sums."""
     K, m = c.shape
     if m <= n:
         return c
     q = -(-m // n)
-    if isinstance(c, np.ndarray):
-        padded = np.zeros((K, q * n), dtype=c.dtype)
-        padded[:, :m] = c
-        return sum_in_order(padded.reshape(K, q, n))
     padded = torch.zeros((K, q * n), dtype=c.dtype, device=c.device)
     padded[:, :m] = c
     groups = padded.reshape(K, q, n)

@@ -86,15 +86,21 @@ def test_compiled_srht_signs_and_rows_are_the_keyed_ones(antithetic, indices):
         assert np.array_equal(chunk.rows[b].numpy(), want), b
 
 
-def test_fold_adds_in_direction_order_for_arrays_and_tensors():
+def test_fold_and_the_compiled_scatter_add_in_direction_order():
     rng = np.random.default_rng(1)
     for K, m, n in [(1, 250, 2), (3, 250, 8), (2, 17, 16), (1, 9, 1), (2, 5, 8)]:
         c = (rng.standard_normal((K, m)) * 10.0 ** rng.uniform(-4, 4, (K, m))).astype(np.float32)
         want = np.zeros((K, min(n, m)), dtype=np.float32)
         for j in range(m):                        # one term after the other
             want[:, j % n] += c[:, j]
-        assert np.array_equal(kernels.fold(c, n), want)
         assert np.array_equal(kernels.fold(torch.from_numpy(c), n).numpy(), want)
+        # the CPU path's one-call fold and scatter: block 0 of n rows at offset 3, rows reversed
+        rows = np.broadcast_to(np.arange(m)[::-1] % n, (1, K, m)).copy()
+        out = np.zeros((K, n + 3), dtype=np.float32)
+        kernels.scatter_folded(c, np.array([3]), np.array([n]), rows, out)
+        expect = np.zeros_like(out)
+        expect[:, 3 + rows[0, 0, :min(n, m)]] = want
+        assert np.array_equal(out, expect)
 
 
 def test_generation_1_keeps_its_arithmetic():
