@@ -186,8 +186,7 @@ class SRHTChunk:
         key_rows = np.empty((count, len(self.blocks), n_keys), dtype=np.int64)
         srht_rows(k0, k1, int(Stream.SRHT), key_step, first, _ROW_WORD, lengths, self.first_key,
                   key_rows)
-        self._block_rows = key_rows.transpose(1, 0, 2).copy()             # (blocks, K, keys)
-        self.key_rows = list(self._block_rows)                            # per block: (K, keys)
+        self.key_rows = key_rows.transpose(1, 0, 2).copy()                # (blocks, K, keys)
         self._lengths = lengths
         self._direction_rows = (key_rows if not antithetic
                                 else key_rows[:, :, j - self.first_key]).transpose(1, 0, 2)
@@ -243,7 +242,7 @@ class SRHTChunk:
         added, even index first (a key with one direction in the chunk adds an exact 0)."""
         if self.dir_sign is None:
             return c
-        n_keys = self.key_rows[0].shape[1] if self.key_rows else 0
+        n_keys = self.key_rows.shape[2]
         slots = torch.zeros((self.count, 2 * n_keys), dtype=c.dtype, device=c.device)
         slots[:, torch.arange(self.indices.start, self.indices.stop) - 2 * self.first_key] = c
         return slots[:, 0::2] + slots[:, 1::2]
@@ -255,7 +254,7 @@ class SRHTChunk:
         c = self.per_key(c)
         if self.fast and not c.requires_grad:
             out = np.zeros((self.count, self.size), dtype=np.float32)
-            scatter_folded(c.numpy(), self._offsets, self._lengths, self._block_rows, out)
+            scatter_folded(c.numpy(), self._offsets, self._lengths, self.key_rows, out)
             fwht = fwht_inplace()
             for off, n in self.blocks:
                 for k in range(self.count):

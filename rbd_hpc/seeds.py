@@ -83,6 +83,12 @@ def philox_block(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tu
     return c0, c1, c2, c3
 
 
+def _key_fields(stream: Stream, step: int, compartment: int) -> tuple[int, int, int]:
+    """The counter's first three words, each checked to fit 32 bits."""
+    return (_check_field("stream", int(stream)), _check_field("step", step),
+            _check_field("compartment", compartment))
+
+
 def _check_field(name: str, value: int) -> int:
     value = int(value)
     if not 0 <= value <= _U32_MAX:
@@ -104,9 +110,7 @@ def derive_seeds(root_seed: int, stream: Stream, step: int, compartment: int,
     if idx.size and (idx.min() < 0 or idx.max() > _U32_MAX):
         raise ValueError("direction index outside [0, 2**32)")
     counter = np.empty((idx.size, 4), dtype=np.uint32)
-    counter[:, 0] = _check_field("stream", int(stream))
-    counter[:, 1] = _check_field("step", step)
-    counter[:, 2] = _check_field("compartment", compartment)
+    counter[:, :3] = _key_fields(stream, step, compartment)
     counter[:, 3] = idx.astype(np.uint32)
     out = philox4x32(counter, root_key(root_seed)).astype(np.uint64)
     return out[:, 0] | (out[:, 1] << np.uint64(32))
@@ -118,9 +122,7 @@ def derive_seed(root_seed: int, stream: Stream, step: int = 0, compartment: int 
     index = int(index)
     if not 0 <= index <= _U32_MAX:
         raise ValueError("direction index outside [0, 2**32)")
-    counter = (_check_field("stream", int(stream)), _check_field("step", step),
-               _check_field("compartment", compartment), index)
-    out = philox_block(counter, root_key(root_seed))
+    out = philox_block((*_key_fields(stream, step, compartment), index), root_key(root_seed))
     return out[0] | (out[1] << 32)
 
 

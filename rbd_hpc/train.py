@@ -190,9 +190,12 @@ def step_batch(s: Session, step: int, offset: int = 0) -> tuple[torch.Tensor, to
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """cos(a, b) from one dot product and two norms (a quarter of the cost of torch's
     cosine_similarity on a 100,000-vector), clipped to [-1, 1] against float32 rounding;
-    0 where either vector is 0."""
+    0 where either vector is 0, NaN where either holds a NaN (as torch's)."""
     norms = float(torch.linalg.vector_norm(a)) * float(torch.linalg.vector_norm(b))
-    return max(-1.0, min(1.0, float(torch.dot(a, b)) / norms)) if norms > 0 else 0.0
+    if norms == 0:
+        return 0.0
+    value = float(torch.dot(a, b)) / norms
+    return value if math.isnan(value) else max(-1.0, min(1.0, value))
 
 
 def take_step(s: Session, step: int, t0: float) -> StepStats:

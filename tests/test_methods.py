@@ -1,4 +1,6 @@
 """Fast chunked RBD against the materialised reference, FPD, SGD, and replay equality."""
+import math
+
 import pytest
 import torch
 
@@ -375,3 +377,4 @@ def test_the_logged_step_cosine_is_the_textbook_one():
                                          abs=1e-5)
     assert 1 - 1e-6 <= cosine(a, 0.25 * a) <= 1 and -1 <= cosine(a, -a) <= -1 + 1e-6  # clipped
     assert cosine(torch.zeros(5), torch.ones(5)) == 0.0
+    assert math.isnan(cosine(torch.tensor([1.0, float("nan")]), torch.ones(2)))  # divergence shows
