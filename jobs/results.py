@@ -157,21 +157,47 @@ def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
     return "\n".join(out)
 
 
+def selected(group: dict, epochs: int, metrics_dir: Path) -> tuple[list, int | None]:
+    """A Table B group's candidates as (candidate, summary, label) and the index of the one
+    validation chooses: the highest mean validation accuracy among the finished ones."""
+    rows = []
+    for cand in group["candidates"]:
+        s = candidate_summary(group, cand, epochs, metrics_dir)
+        label = cand.get("label") or ("; ".join(d.replace("|", "/") for d in s["deviations"])
+                                      or "none (the paper's protocol)")
+        rows.append((cand, s, label))
+    done = [i for i, (_, s, _) in enumerate(rows) if s["finished"]]  # only these compete
+    return rows, max(done, key=lambda i: statistics.fmean(rows[i][1]["val"]), default=None)
+
+
 def table_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
     out = ["| group | candidate (everything it changes) | seeds | epochs | val acc (%) | "
            "test acc (%) |", "|---|---|---|---:|---:|---:|"]
     for group in groups:
-        summaries = [(c, candidate_summary(group, c, epochs, metrics_dir))
-                     for c in group["candidates"]]
-        best = max(range(len(summaries)), key=lambda i: statistics.fmean(summaries[i][1]["val"]))
-        for i, (cand, s) in enumerate(summaries):
+        rows, best = selected(group, epochs, metrics_dir)
+        for i, (cand, s, text) in enumerate(rows):
             chosen = i == best
             ep = f"{s['epoch']:.4g}" + ("" if s["finished"] else " (unfinished)")
             test = f"**{shown(s['test'])}**" if chosen else "not read"
-            label = f"**{cand['label']}** (chosen)" if chosen else cand["label"]
+            label = f"**{text}** (chosen)" if chosen else text
             seeds = ", ".join(map(str, s["seeds"]))
             out.append(f"| {group['name']} | {label} | {seeds} | {ep} | "
                        f"{shown(s['val'])} | {test} |")
+    return "\n".join(out)
+
+
+def summary_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
+    """The README's Table B lines: each group's chosen candidate, validation and test."""
+    out = ["| Table B group | chosen on validation (everything it changes) | seeds | "
+           "val acc (%) | test acc (%) |", "|---|---|---|---:|---:|"]
+    for group in groups:
+        rows, best = selected(group, epochs, metrics_dir)
+        if best is None:
+            out.append(f"| {group['name']} | none finished yet | — | — | — |")
+            continue
+        _, s, text = rows[best]
+        out.append(f"| {group['name']} | {text} | {len(s['seeds'])} | {shown(s['val'])} | "
+                   f"{shown(s['test'])} |")
     return "\n".join(out)
 
 
@@ -245,11 +271,12 @@ def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
     made = {"table-a": table_a(spec["table_a"], epochs, metrics_dir),
             "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),
             "agreement": agreement(spec.get("agreement") or [], metrics_dir),
-            "summary": summary(spec["table_a"], epochs, metrics_dir)}
-    replace_block(results_md, "table-a", made["table-a"])
-    replace_block(results_md, "table-b", made["table-b"])
-    replace_block(results_md, "agreement", made["agreement"])
-    replace_block(readme, "summary", made["summary"])
+            "summary": summary(spec["table_a"], epochs, metrics_dir),
+            "summary-b": summary_b(spec.get("table_b") or [], epochs, metrics_dir)}
+    for name in ("table-a", "table-b", "agreement"):
+        replace_block(results_md, name, made[name])
+    for name in ("summary", "summary-b"):
+        replace_block(readme, name, made[name])
     return made
 
 

@@ -27,7 +27,8 @@ def docs(tmp_path):
     md.write_text("# R\n<!-- results:table-a -->\nold\n<!-- /results:table-a -->\nmid\n"
                   "<!-- results:table-b -->\n<!-- /results:table-b -->\n"
                   "<!-- results:agreement -->\n<!-- /results:agreement -->\nend\n")
-    readme.write_text("x\n<!-- results:summary -->\nold\n<!-- /results:summary -->\ny\n")
+    readme.write_text("x\n<!-- results:summary -->\nold\n<!-- /results:summary -->\ny\n"
+                      "<!-- results:summary-b -->\n<!-- /results:summary-b -->\n")
     return tmp_path, md, readme
 
 
@@ -39,6 +40,10 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
     write_run(d, "a-s0", 0.90, 0.70, method="rbd")      # best validation: chosen
     write_run(d, "b-s0", 0.88, 0.99, method="rbd")      # best test: never read
     write_run(d, "g-s0", 0.12, 0.5, epoch=2, protocol="paper", method="rbd")  # Gaussian, 2 epochs
+    write_run(d, "c-s0", 0.95, 0.95, epoch=50, method="rbd")  # best validation, unfinished
+    for s, v in enumerate([0.85, 0.87]):                     # unlabelled: named by its deviations
+        write_run(d, f"p-s{s}", v, 0.8 + s / 100, protocol="paper", method="rbd", dist="srht",
+                  augment=False, schedule="cosine", seed=s)
     manifest = d / "m.yaml"
     manifest.write_text(
         "epochs: 100\ntable_a:\n"
@@ -47,6 +52,10 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
         "  - {model: cnn, method: rbd, note: not run yet}\n"
         "table_b:\n  - name: G\n    model: fc\n    method: rbd\n    candidates:\n"
         "      - {label: A, runs: [a-s0]}\n      - {label: B, runs: [b-s0]}\n"
+        "      - {label: C, runs: [c-s0]}\n"
+        "  - name: P\n    model: fc\n    method: rbd\n    candidates:\n"
+        "      - {runs: [p-s0, p-s1]}\n      - {runs: [sgd-s0, sgd-s1, sgd-s2]}\n"
+        "  - {name: Q, model: fc, method: rbd, candidates: [{runs: [c-s0]}]}\n"
         "agreement:\n  - {label: FC RBD, gaussian: [g-s0], srht: [rbd-s0]}\n")
     made = results.tables(manifest, d, md, readme)
     a = made["table-a"].splitlines()
@@ -60,11 +69,26 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
     b = made["table-b"].splitlines()
     assert b[2] == "| G | **A** (chosen) | 0 | 100 | 90.00 ± — | **70.00 ± —** |"
     assert b[3] == "| G | B | 0 | 100 | 88.00 ± — | not read |"
+    # an unfinished candidate is listed but never chosen, whatever its validation score
+    assert b[4] == "| G | C | 0 | 50 (unfinished) | 95.00 ± — | not read |"
+    # a candidate without a label is named by everything its stored config changes
+    assert b[5] == ("| P | **--augment off (paper: on); --schedule cosine (paper: constant); "
+                    "--dist srht (paper: gaussian)** (chosen) | 0, 1 | 100 | 86.00 ± 1.41 | "
+                    "**80.50 ± 0.71** |")
+    assert b[6] == ("| P | none (the paper's protocol) | 0, 1, 2 | 100 | 85.00 ± 1.00 | "
+                    "not read |")
     # srht against Gaussian at the last epoch both reached (2): 10.00 against 12.00
     assert made["agreement"].splitlines()[2] == "| FC RBD | 2 | 1: 12.00 ± — | 1: 10.00 ± — | -2.00 |"
     text = md.read_text()
     assert "old" not in text and made["table-a"] in text and text.endswith("end\n")
     assert made["summary"] in readme.read_text() and "FC-FMNIST SGD | 3 |" in made["summary"]
+    # the README's Table B lines: each group's chosen candidate, never the unfinished C
+    assert made["summary-b"].splitlines()[2:] == [
+        "| G | A | 1 | 90.00 ± — | 70.00 ± — |",
+        "| P | --augment off (paper: on); --schedule cosine (paper: constant); --dist srht "
+        "(paper: gaussian) | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |",
+        "| Q | none finished yet | — | — | — |"]
+    assert made["summary-b"] in readme.read_text()
 
 
 def test_a_missing_run_is_one_error_line(docs, capsys):
