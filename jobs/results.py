@@ -84,6 +84,11 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def listed(devs: list[str]) -> str:
+    """A run's deviations as one table cell ("" for none)."""
+    return "; ".join(d.replace("|", "/") for d in devs)
+
+
 def shown(values: list[float]) -> str:
     m, s = mean_std([100 * v for v in values])
     return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} ± —"
@@ -146,7 +151,7 @@ def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
                        f"{paper:g} ± {pm:g} | — |")
             continue
         s = summarise(row["runs"], epochs, metrics_dir)
-        devs = "; ".join(d.replace("|", "/") for d in s["deviations"]) or "none"
+        devs = listed(s["deviations"]) or "none"
         if row.get("note"):
             devs += f" ({row['note']})"
         ep = f"{s['epoch']:.4g}" + ("" if s["finished"] else " (unfinished)")
@@ -163,8 +168,7 @@ def selected(group: dict, epochs: int, metrics_dir: Path) -> tuple[list, int | N
     rows = []
     for cand in group["candidates"]:
         s = candidate_summary(group, cand, epochs, metrics_dir)
-        label = cand.get("label") or ("; ".join(d.replace("|", "/") for d in s["deviations"])
-                                      or "none (the paper's protocol)")
+        label = cand.get("label") or listed(s["deviations"]) or "none (the paper's protocol)"
         rows.append((cand, s, label))
     done = [i for i, (_, s, _) in enumerate(rows) if s["finished"]]  # only these compete
     return rows, max(done, key=lambda i: statistics.fmean(rows[i][1]["val"]), default=None)
