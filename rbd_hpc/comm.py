@@ -42,6 +42,9 @@ import torch
 from .errors import AgreedError, UserError
 
 LARGE_REDUCTION_BYTES = 64 * 1024  # from here on: reduce-scatter + allgather (see above)
+# Before MPI_Abort, a rank waits this long: the launcher forwards what the rank printed
+# asynchronously, and Hydra can kill the job before it has read the rank's last line.
+ABORT_GRACE_S = 1.0
 
 
 class TrafficCounter:
@@ -186,6 +189,9 @@ class MPIComm:
         return self.comm.bcast(obj, root=root)
 
     def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
 
@@ -322,6 +328,27 @@ def on_root(comm, work: Callable[[], object]):
     if kind == "error":
         raise AgreedError(value)
     return value
+
+
+def on_every_rank(comm, work: Callable[[], object]):
+    """``work()`` on every rank (each reads its own copy of the data, say). A UserError on any
+    rank is raised on every rank as an AgreedError naming the lowest failing rank, so all ranks
+    exit 2 together and rank 0 prints the one line: no MPI_Abort, whose output a launcher may
+    drop. Costs one reduction of R floats and one broadcast, once."""
+    if comm.size == 1:
+        return work()
+    outcome, failed = None, None
+    try:
+        outcome = work()
+    except UserError as e:
+        failed = str(e)
+    flags = np.zeros(comm.size)
+    flags[comm.rank] = failed is not None
+    bad = np.flatnonzero(comm.allreduce_sum_np(flags))
+    if bad.size:
+        first = int(bad[0])
+        raise AgreedError(f"[rank {first}] {comm.broadcast_object(failed, root=first)}")
+    return outcome
 
 
 def check_divergence(comm, theta: torch.Tensor, done: int) -> None:

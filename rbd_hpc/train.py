@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .comm import agree_to_stop, average, check_divergence, on_root
+from .comm import agree_to_stop, average, check_divergence, on_every_rank, on_root
 from .config import TrainConfig
 from .data import BatchStream, Dataset, Inputs, Split, load_dataset
 from .errors import UserError
@@ -85,7 +85,9 @@ def set_up(cfg: TrainConfig, comm) -> Session:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_size)
+    # each rank reads its own copy: a rank that cannot is named by rank 0, and all exit 2
+    data = on_every_rank(comm, lambda: load_dataset(cfg.dataset, cfg.data_dir, cfg.seed,
+                                                    cfg.val_size))
     model = build_model(cfg.model, data.shape,
                         torch_generator(derive_seed(cfg.seed, Stream.INIT))).to(device)
     if is_spec(cfg.model) or is_spec(cfg.dataset):

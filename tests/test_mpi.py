@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import final_theta, run_cli, venv_bin
+from rbd_hpc.comm import on_every_rank, run_threaded
+from rbd_hpc.errors import AgreedError, UserError
 
 pytestmark = pytest.mark.timeout(300)
 DRIVER = Path(__file__).with_name("mpi_driver.py")
@@ -166,9 +168,23 @@ def test_a_user_error_on_one_rank_ends_the_job_with_one_line(idx_dir, tmp_path):
     proc = subprocess.run([venv_bin("mpiexec"), "-n", "1", "-env", "RBD_DATA", str(idx_dir), *cmd, ":",
                            "-n", "1", "-env", "RBD_DATA", str(tmp_path / "absent"), *cmd],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "rbd-hpc: error: [rank 1] data directory" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # agreed by every rank: a clean exit, not MPI_Abort's
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rbd-hpc: error: [rank 1] data directory"), lines
+
+
+def test_on_every_rank_raises_the_lowest_failing_ranks_error_everywhere():
+    def on_rank(comm):
+        def work():
+            if comm.rank in (1, 2):
+                raise UserError(f"data directory /d{comm.rank} does not exist")
+            return comm.rank
+        try:
+            return on_every_rank(comm, work)
+        except AgreedError as e:
+            return str(e)
+    assert run_threaded(3, on_rank) == ["[rank 1] data directory /d1 does not exist"] * 3
+    assert run_threaded(3, lambda comm: on_every_rank(comm, lambda: 10 * comm.rank)) == [0, 10, 20]
 
 
 def test_divergence_check_names_the_rank():
