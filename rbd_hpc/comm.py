@@ -416,6 +416,5 @@ def install_abort_handler(comm) -> None:
 
     def hook(exc_type, exc, tb):
         previous(exc_type, exc, tb)
-        sys.stderr.flush()
-        comm.abort(1)
+        comm.abort(1)  # flushes and gives the launcher time to forward the traceback
     sys.excepthook = hook
