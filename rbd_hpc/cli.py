@@ -11,7 +11,8 @@ import torch
 
 from .bases import BasisConfig
 from .bench import format_table, kernel_table, memory_ratio, replay_ratio, run_bench
-from .comm import create_communicator, install_abort_handler, on_root
+from .comm import (create_communicator, install_abort_handler, launched_by_mpi, on_every_rank,
+                   on_root)
 from .compartments import segments
 from . import __version__
 from .config import (FIELDS, PRESETS, TrainConfig, check_option, field_kind, flag, parse_config_text,
@@ -226,7 +227,7 @@ def train_config(args, comm) -> tuple[TrainConfig, str | None]:
 
 
 def cmd_train(args, comm) -> int:
-    cfg, out = train_config(args, comm)
+    cfg, out = on_every_rank(comm, lambda: train_config(args, comm))  # one line for a bad option
     if args.print_config:
         if comm.rank == 0:
             print(json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True), flush=True)
@@ -376,13 +377,17 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     comm = None
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "train":
+        if launched_by_mpi():  # every rank parses the same line: a bad one is reported once
             comm = create_communicator()
+            args = on_every_rank(comm, lambda: build_parser().parse_args(argv))
+        else:
+            args = build_parser().parse_args(argv)
+        if args.command == "train":
+            comm = comm or create_communicator()
             install_abort_handler(comm)
             return cmd_train(args, comm)
         if args.command == "mpi-check":
-            comm = create_communicator()
+            comm = comm or create_communicator()
             if args.expect is not None and comm.size != args.expect:
                 raise UserError(f"MPI world size {comm.size}, expected {args.expect}")
             print(f"rank {comm.rank} of {comm.size}", flush=True)

@@ -331,15 +331,19 @@ def on_root(comm, work: Callable[[], object]):
 
 
 def on_every_rank(comm, work: Callable[[], object]):
-    """``work()`` on every rank (each reads its own copy of the data, say). A UserError on any
-    rank is raised on every rank as an AgreedError naming the lowest failing rank, so all ranks
-    exit 2 together and rank 0 prints the one line: no MPI_Abort, whose output a launcher may
-    drop. Costs one reduction of R floats and one broadcast, once."""
+    """``work()`` on every rank (each reads its own copy of the data, or parses the same
+    command line). A UserError on any rank is raised on every rank as an AgreedError, so all
+    ranks exit 2 together and rank 0 prints the one line: no MPI_Abort, whose output a launcher
+    may drop. The line names the lowest failing rank unless every rank failed alike (a bad
+    option). An AgreedError inside ``work`` (from ``on_root``) is already raised on every rank
+    and passes through unchanged. Costs one reduction of R floats and one broadcast, once."""
     if comm.size == 1:
         return work()
     outcome, failed = None, None
     try:
         outcome = work()
+    except AgreedError:
+        raise
     except UserError as e:
         failed = str(e)
     flags = np.zeros(comm.size)
@@ -347,7 +351,9 @@ def on_every_rank(comm, work: Callable[[], object]):
     bad = np.flatnonzero(comm.allreduce_sum_np(flags))
     if bad.size:
         first = int(bad[0])
-        raise AgreedError(f"[rank {first}] {comm.broadcast_object(failed, root=first)}")
+        message = comm.broadcast_object(failed, root=first)
+        alike = comm.allreduce_sum_np(np.array([float(failed == message)]))[0] == comm.size
+        raise AgreedError(message if alike else f"[rank {first}] {message}")
     return outcome
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import final_theta, run_cli, venv_bin
-from rbd_hpc.comm import on_every_rank, run_threaded
+from rbd_hpc.comm import on_every_rank, on_root, run_threaded
 from rbd_hpc.errors import AgreedError, UserError
 
 pytestmark = pytest.mark.timeout(300)
@@ -185,6 +185,40 @@ def test_on_every_rank_raises_the_lowest_failing_ranks_error_everywhere():
             return str(e)
     assert run_threaded(3, on_rank) == ["[rank 1] data directory /d1 does not exist"] * 3
     assert run_threaded(3, lambda comm: on_every_rank(comm, lambda: 10 * comm.rank)) == [0, 10, 20]
+
+
+def test_a_failure_on_every_rank_alike_is_one_line_without_a_rank_and_agreed_errors_pass():
+    def alike(comm):
+        def work():
+            raise UserError("--lr -1.0 must be a positive finite number")
+        try:
+            return on_every_rank(comm, work)
+        except AgreedError as e:
+            return str(e)
+    assert run_threaded(3, alike) == ["--lr -1.0 must be a positive finite number"] * 3
+
+    def missing():
+        raise UserError("run file r.h5 does not exist")
+
+    def agreed(comm):  # on_root inside the work: already raised on every rank, not re-prefixed
+        try:
+            return on_every_rank(comm, lambda: on_root(comm, missing))
+        except AgreedError as e:
+            return str(e)
+    assert run_threaded(2, agreed) == ["run file r.h5 does not exist"] * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "--lr -1.0 must be a positive finite number"),
+    (["--data-dir", ""], "--data-dir must not be empty"),
+    (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
+])
+def test_a_bad_option_under_mpi_is_reported_once_and_writes_nothing(args, message, tmp_path):
+    proc = mpiexec(2, venv_bin("rbd-hpc"), "train", *args, "--steps", "2", "--out",
+                   tmp_path / "x.h5", timeout=120)
+    assert proc.returncode == 2  # agreed by both ranks: no MPI_Abort, whose lines would follow
+    assert proc.stderr.strip().splitlines() == [f"rbd-hpc: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_divergence_check_names_the_rank():
