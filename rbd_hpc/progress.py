@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -18,23 +19,37 @@ def clock(seconds: float) -> str:
 
 
 class StepProgress:
-    """Progress over ``total`` units of ``unit`` (e.g. steps), starting at ``initial``."""
+    """Progress over ``total`` units of ``unit`` (e.g. steps), starting at ``initial``.
+
+    Work between units that is not part of them (a training run's evaluations) is reported
+    with ``aside``: the rate leaves it out, and ``pending(done)`` (seconds of such work still
+    ahead after ``done`` units) is added to the ETA, so that a short window that holds one
+    evaluation (the first epoch after a resume) does not inflate the estimate."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, initial: int = 0,
-                 unit: str = "step"):
+                 unit: str = "step", pending: Callable[[int], float] | None = None):
         self.total, self.label, self.unit, self.enabled = total, label, unit, enabled
         self.initial = self.done = initial
         self.t0 = time.monotonic()
+        self.set_aside = 0.0
+        self.pending = pending
         self.tenth = int(10 * initial / total) if total else 10  # the first line after a tenth
         self.bar = None
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=initial, desc=label, unit=unit,
                             dynamic_ncols=True, leave=True, file=sys.stderr)
 
+    def aside(self, seconds: float) -> None:
+        """``seconds`` just spent on work outside the units: not counted in their rate."""
+        self.set_aside += seconds
+
     def eta(self) -> float | None:
-        """Seconds to go at the rate of this process so far (None before any work)."""
-        rate = (self.done - self.initial) / max(time.monotonic() - self.t0, 1e-9)
-        return (self.total - self.done) / rate if self.done > self.initial else None
+        """Seconds to go: the units left at this process's rate so far, plus ``pending``'s
+        seconds (None before any work)."""
+        if self.done <= self.initial:
+            return None
+        rate = (self.done - self.initial) / max(time.monotonic() - self.t0 - self.set_aside, 1e-9)
+        return (self.total - self.done) / rate + (self.pending(self.done) if self.pending else 0.0)
 
     def update(self, done: int, **postfix) -> None:
         previous, self.done = self.done, done  # counted even when silent: eta() uses it

@@ -49,6 +49,12 @@ def layouts(flat, model, compartments) -> tuple[dict, dict]:
     return param_layout, buffer_layout
 
 
+def evaluations_after(done: int, total: int, period: int) -> int:
+    """How many evaluations a run of ``total`` steps still makes after ``done``: one at every
+    multiple of ``period`` (an epoch's end) and one at ``total``."""
+    return total // period - done // period + (total % period != 0 and done < total)
+
+
 def open_board(directory: str):
     """A TensorBoard writer (torch.utils.tensorboard; the optional ``tensorboard`` package).
     Scalars: train/loss, train/lr, train/ms_per_step every step; at an epoch's end
@@ -114,8 +120,11 @@ class Recorder:
         self.root = run.comm.rank == 0
         cfg = run.cfg
         self.board = open_board(tensorboard) if tensorboard else None
+        self.eval_seconds = 0.0  # the last evaluation's: the ETA counts one per epoch end ahead
         self.bar = StepProgress(run.total, f"{cfg.method} {cfg.model}-{cfg.dataset}",
-                                progress and self.root, initial=start)
+                                progress and self.root, initial=start,
+                                pending=lambda done: self.eval_seconds * evaluations_after(
+                                    done, run.total, run.stream.period))
         if resume and self.root:
             self.bar.log(f"resuming {out} at step {start}/{run.total} (epoch "
                          f"{run.stream.epochs_at(start):.2f}): "
@@ -175,8 +184,11 @@ class Recorder:
             self.last_commit = time.monotonic()
         self.bar.update(done, loss=loss)
 
-    def epoch(self, done: int, scores: dict) -> None:
-        """Close an epoch: its metrics row in the run file and a line in the metrics file."""
+    def epoch(self, done: int, scores: dict, eval_seconds: float) -> None:
+        """Close an epoch, whose evaluation (``scores``) took ``eval_seconds``: its metrics row
+        in the run file and a line in the metrics file."""
+        self.eval_seconds = eval_seconds
+        self.bar.aside(eval_seconds)
         steps_here = done - self.start
         self.record = {
             "epoch": round(self.run.stream.epochs_at(done), 4),

@@ -372,7 +372,9 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
         rec.commit_due(done, snapshot_due, epoch_end, stats.loss)
         rec.epoch_phases.setdefault("bookkeeping", []).append((time.perf_counter() - t_rec) * 1e3)
         if epoch_end:
-            rec.epoch(done, evaluate_epoch(s))
+            t_eval = time.perf_counter()
+            scores = evaluate_epoch(s)
+            rec.epoch(done, scores, time.perf_counter() - t_eval)
         if stop_now:
             preempted = done < s.total
             break

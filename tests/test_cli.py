@@ -112,6 +112,29 @@ def test_tiny_run_end_to_end(tmp_path, idx_dir):
         assert int(f["commit"][0]) == 3
 
 
+def test_the_eta_leaves_evaluations_out_of_the_step_rate_and_adds_those_still_ahead(monkeypatch):
+    """A resume's first epoch line came from a window of a few steps plus one evaluation, which
+    the old estimate spread over every step left (4 h shown for a 1.5 h remainder)."""
+    import rbd_hpc.progress as progress
+    from rbd_hpc.recorder import evaluations_after
+    assert [evaluations_after(d, 100, 10) for d in (0, 5, 10, 95, 100)] == [10, 10, 9, 1, 0]
+    assert [evaluations_after(d, 105, 10) for d in (0, 100, 104, 105)] == [11, 1, 1, 0]
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    bar = progress.StepProgress(1000, "t", enabled=False, initial=400,
+                                pending=lambda done: 9.0 * evaluations_after(done, 1000, 100))
+    assert bar.eta() is None  # no step taken yet
+    now[0] += 1.0             # 100 steps in 1 s (10 ms each) ...
+    bar.update(500)
+    now[0] += 9.0             # ... then an evaluation of 9 s
+    bar.aside(9.0)
+    assert bar.eta() == pytest.approx(500 * 0.01 + 5 * 9.0)  # not 500 × 0.1 s
+    plain = progress.StepProgress(10, "t", enabled=False)  # no evaluations: the plain rate
+    now[0] += 2.0
+    plain.update(4)
+    assert plain.eta() == pytest.approx(6 * 0.5)
+
+
 def test_bench_prints_ratios():
     proc = run_cli("bench", "--model", "fc", "--d", "20", "--steps", "3", "--dist", "gaussian,srht")
     assert proc.returncode == 0, proc.stderr
