@@ -282,6 +282,9 @@ class TrainConfig:
         if self.d_per_compartment is not None:
             out.append(f"--d-per-compartment {self.d_per_compartment} (paper: one d for the "
                        "network)")
+        elif (self.compartments != "network" and self.allocate != "size"
+              and self.method in ("rbd", "fpd", "nes")):  # how d is split over compartments
+            out.append(f"--allocate {self.allocate} (paper: one compartment)")
         if self.kernels != CURRENT and self.method in ("rbd", "fpd", "nes"):
             out.append(f"--kernels {self.kernels} (other rounding of the same directions)")
         return out

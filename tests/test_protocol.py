@@ -53,6 +53,12 @@ def test_every_deviation_from_the_paper_is_listed():
         "--lr 1 (paper: 0.5)"]
     assert paper(method="nes", nes="same-batch").deviations() == [
         "--nes same-batch (paper: paper)"]
+    # how d is split over compartments, where it is split and not set per compartment
+    assert paper(method="rbd", compartments="layer", allocate="equal").deviations() == [
+        "--compartments layer (paper: network)", "--allocate equal (paper: one compartment)"]
+    assert paper(method="rbd", compartments="layer", allocate="equal",
+                 d_per_compartment=50).deviations()[-1] == (
+        "--d-per-compartment 50 (paper: one d for the network)")
     # what a method does not read is no deviation: SGD has no directions
     assert paper(method="sgd", dist="srht").deviations() == []
 
