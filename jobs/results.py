@@ -102,11 +102,14 @@ def summarise(names: list[str], epochs: int, metrics_dir: Path = METRICS) -> dic
     if any(d != first for d in devs.values()):
         fail(f"runs {names} do not share one setting: {devs}")
     reached = min(r["last"]["epoch"] for r in runs)
-    tail = [[row["val_acc"] for e, row in r["rows"].items() if e > reached - 10]
-            for r in runs]  # each run's last ten epochs (of those all its seeds reached)
-    return {"seeds": [r["config"]["seed"] for r in runs], "val": [r["last"]["val_acc"] for r in runs],
+    # every run read at the last epoch all of them reached, so an unfinished seed is never
+    # averaged with a finished one's final epoch
+    at = [r["rows"][max(e for e in r["rows"] if e <= reached + 1e-9)] for r in runs]
+    tail = [[row["val_acc"] for e, row in r["rows"].items() if reached - 10 < e <= reached + 1e-9]
+            or [a["val_acc"]] for r, a in zip(runs, at)]  # the last ten epochs all reached
+    return {"seeds": [r["config"]["seed"] for r in runs], "val": [row["val_acc"] for row in at],
             "val_tail": [statistics.fmean(t) for t in tail],
-            "test": [r["last"]["test_acc"] for r in runs], "epoch": reached,
+            "test": [row["test_acc"] for row in at], "epoch": reached,
             "finished": reached >= epochs - 1e-9, "deviations": first}
 
 
