@@ -279,13 +279,13 @@ class TrainConfig:
         paper_d = PRESETS[self.preset][2] if self.preset in PRESETS else None
         if self.method != "sgd" and paper_d is not None and self.d != paper_d:
             out.append(f"--d {self.d} (paper: {paper_d})")
+        directions = "dist" in PAPER_FIELDS_BY_METHOD.get(self.method, ())  # rbd, fpd, nes
         if self.d_per_compartment is not None:
             out.append(f"--d-per-compartment {self.d_per_compartment} (paper: one d for the "
                        "network)")
-        elif (self.compartments != "network" and self.allocate != "size"
-              and self.method in ("rbd", "fpd", "nes")):  # how d is split over compartments
-            out.append(f"--allocate {self.allocate} (paper: one compartment)")
-        if self.kernels != CURRENT and self.method in ("rbd", "fpd", "nes"):
+        elif directions and self.compartments != "network" and self.allocate != "size":
+            out.append(f"--allocate {self.allocate} (paper: one compartment)")  # how d is split
+        if self.kernels != CURRENT and directions:
             out.append(f"--kernels {self.kernels} (other rounding of the same directions)")
         return out
 
