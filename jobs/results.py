@@ -167,13 +167,17 @@ def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
 
 def selected(group: dict, epochs: int, metrics_dir: Path) -> tuple[list, int | None]:
     """A Table B group's candidates as (candidate, summary, label) and the index of the one
-    validation chooses: the highest mean validation accuracy among the finished ones."""
-    rows = []
+    validation chooses: the highest mean validation accuracy among those whose runs all
+    finished and that have the group's ``seeds`` (a screening run with fewer never wins)."""
+    rows, need = [], group.get("seeds", 1)
     for cand in group["candidates"]:
         s = candidate_summary(group, cand, epochs, metrics_dir)
         label = cand.get("label") or listed(s["deviations"]) or "none (the paper's protocol)"
+        if len(s["seeds"]) < need:
+            label += f" ({len(s['seeds'])} of {need} seeds)"
         rows.append((cand, s, label))
-    done = [i for i, (_, s, _) in enumerate(rows) if s["finished"]]  # only these compete
+    done = [i for i, (_, s, _) in enumerate(rows)  # only these compete
+            if s["finished"] and len(s["seeds"]) >= need]
     return rows, max(done, key=lambda i: statistics.fmean(rows[i][1]["val"]), default=None)
 
 
@@ -200,7 +204,9 @@ def summary_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> s
     for group in groups:
         rows, best = selected(group, epochs, metrics_dir)
         if best is None:
-            out.append(f"| {group['name']} | none finished yet | — | — | — |")
+            need = group.get("seeds", 1)
+            what = "none finished yet" if need == 1 else f"none finished with {need} seeds yet"
+            out.append(f"| {group['name']} | {what} | — | — | — |")
             continue
         _, s, text = rows[best]
         out.append(f"| {group['name']} | {text} | {len(s['seeds'])} | {shown(s['val'])} | "

@@ -57,6 +57,8 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
         "      - {runs: [p-s0, p-s1]}\n      - {runs: [sgd-s0, sgd-s1, sgd-s2]}\n"
         "  - {name: Q, model: fc, method: rbd, candidates: [{runs: [c-s0]}]}\n"
         "  - {name: R, model: fc, method: rbd, candidates: [{label: AC, runs: [a-s0, c-s0]}]}\n"
+        "  - {name: S, model: fc, method: rbd, seeds: 2, candidates: [{label: A1, runs: [a-s0]},\n"
+        "     {label: P2, runs: [p-s0, p-s1]}]}\n"
         "agreement:\n  - {label: FC RBD, gaussian: [g-s0], srht: [rbd-s0]}\n")
     made = results.tables(manifest, d, md, readme)
     a = made["table-a"].splitlines()
@@ -81,6 +83,9 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
     # seeds at different epochs are read at the last epoch all reached (50): a-s0 at its epoch
     # 2 (10%, its last row up to 50) with c-s0 at 50 (95%), never a-s0's final 90%
     assert b[8] == "| R | AC | 0, 0 | 50 (unfinished) | 52.50 ± 60.10 | not read |"
+    # a group asking for two seeds never chooses a one-seed screening run, whatever its score
+    assert b[9] == "| S | A1 (1 of 2 seeds) | 0 | 100 | 90.00 ± — | not read |"
+    assert b[10] == "| S | **P2** (chosen) | 0, 1 | 100 | 86.00 ± 1.41 | **80.50 ± 0.71** |"
     # srht against Gaussian at the last epoch both reached (2): 10.00 against 12.00
     assert made["agreement"].splitlines()[2] == "| FC RBD | 2 | 1: 12.00 ± — | 1: 10.00 ± — | -2.00 |"
     text = md.read_text()
@@ -91,7 +96,8 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
         "| G | A | 1 | 90.00 ± — | 70.00 ± — |",
         "| P | --augment off (paper: on); --schedule cosine (paper: constant); --dist srht "
         "(paper: gaussian) | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |",
-        "| Q | none finished yet | — | — | — |", "| R | none finished yet | — | — | — |"]
+        "| Q | none finished yet | — | — | — |", "| R | none finished yet | — | — | — |",
+        "| S | P2 | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |"]
     assert made["summary-b"] in readme.read_text()
 
 
