@@ -59,6 +59,7 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
         "  - {name: R, model: fc, method: rbd, candidates: [{label: AC, runs: [a-s0, c-s0]}]}\n"
         "  - {name: S, model: fc, method: rbd, seeds: 2, candidates: [{label: A1, runs: [a-s0]},\n"
         "     {label: P2, runs: [p-s0, p-s1]}]}\n"
+        "  - {name: T, model: fc, method: rbd, seeds: 3, candidates: [{label: A1, runs: [a-s0]}]}\n"
         "agreement:\n  - {label: FC RBD, gaussian: [g-s0], srht: [rbd-s0]}\n")
     made = results.tables(manifest, d, md, readme)
     a = made["table-a"].splitlines()
@@ -86,6 +87,7 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
     # a group asking for two seeds never chooses a one-seed screening run, whatever its score
     assert b[9] == "| S | A1 (1 of 2 seeds) | 0 | 100 | 90.00 ± — | not read |"
     assert b[10] == "| S | **P2** (chosen) | 0, 1 | 100 | 86.00 ± 1.41 | **80.50 ± 0.71** |"
+    assert b[11] == "| T | A1 (1 of 3 seeds) | 0 | 100 | 90.00 ± — | not read |"
     # srht against Gaussian at the last epoch both reached (2): 10.00 against 12.00
     assert made["agreement"].splitlines()[2] == "| FC RBD | 2 | 1: 12.00 ± — | 1: 10.00 ± — | -2.00 |"
     text = md.read_text()
@@ -97,7 +99,8 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
         "| P | --augment off (paper: on); --schedule cosine (paper: constant); --dist srht "
         "(paper: gaussian) | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |",
         "| Q | none finished yet | — | — | — |", "| R | none finished yet | — | — | — |",
-        "| S | P2 | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |"]
+        "| S | P2 | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |",
+        "| T | none finished with 3 seeds yet | — | — | — |"]
     assert made["summary-b"] in readme.read_text()
 
 
