@@ -223,25 +223,32 @@ def epoch_rows(name: str, metrics_dir: Path = METRICS) -> dict[float, dict]:
 
 def agreement(pairs: list[dict], metrics_dir: Path = METRICS) -> str:
     """srht against Gaussian directions, compared at the last epoch every run has reached:
-    validation accuracy of each set of runs there (mean ± std over seeds)."""
+    validation accuracy of each set of runs there (mean ± std over seeds), and the difference
+    of their means over the ten epochs up to it (a single epoch moves by a point or more at a
+    constant rate with augmentation)."""
     out = ["| cell | epoch compared | Gaussian: runs, val acc (%) | srht: runs, val acc (%) | "
-           "srht − Gaussian (points) |", "|---|---:|---|---|---:|"]
+           "srht − Gaussian (points) | srht − Gaussian, mean of the last 10 epochs (points) |",
+           "|---|---:|---|---|---:|---:|"]
     for pair in pairs:
         if not pair.get("gaussian"):
             out.append(f"| {pair['label']} | — | {pair.get('note', 'not run yet')} | "
-                       f"{len(pair['srht'])} run(s) | — |")
+                       f"{len(pair['srht'])} run(s) | — | — |")
             continue
         sets = {k: [epoch_rows(n, metrics_dir) for n in pair[k]] for k in ("gaussian", "srht")}
         common = set.intersection(*(set(r) for runs in sets.values() for r in runs))
         if not common:
-            out.append(f"| {pair['label']} | — | no common epoch yet | | |")
+            out.append(f"| {pair['label']} | — | no common epoch yet | | | |")
             continue
         e = max(common)
         vals = {k: [r[e]["val_acc"] for r in runs] for k, runs in sets.items()}
-        diff = 100 * (statistics.fmean(vals["srht"]) - statistics.fmean(vals["gaussian"]))
+        tail = [c for c in common if e - 10 < c <= e]
+        tails = {k: [statistics.fmean(r[c]["val_acc"] for c in tail) for r in runs]
+                 for k, runs in sets.items()}
+        diff, diff_tail = (100 * (statistics.fmean(v["srht"]) - statistics.fmean(v["gaussian"]))
+                           for v in (vals, tails))
         out.append(f"| {pair['label']} | {e:g} | {len(vals['gaussian'])}: "
                    f"{shown(vals['gaussian'])} | {len(vals['srht'])}: {shown(vals['srht'])} | "
-                   f"{diff:+.2f} |")
+                   f"{diff:+.2f} | {diff_tail:+.2f} |")
     return "\n".join(out)
 
 
