@@ -94,6 +94,18 @@ def shown(values: list[float]) -> str:
     return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} ± —"
 
 
+def row_at(rows: dict[float, dict], epoch: float) -> dict:
+    """A run's last row at or before ``epoch``."""
+    return rows[max(e for e in rows if e <= epoch + 1e-9)]
+
+
+def val_tail(rows: dict[float, dict], epoch: float) -> float:
+    """A run's mean validation accuracy over its epochs in (epoch − 10, epoch], steadier than
+    one epoch at a constant rate (its row at ``epoch`` alone where it has no other there)."""
+    window = [row["val_acc"] for e, row in rows.items() if epoch - 10 < e <= epoch + 1e-9]
+    return statistics.fmean(window or [row_at(rows, epoch)["val_acc"]])
+
+
 def summarise(names: list[str], epochs: int, metrics_dir: Path = METRICS) -> dict:
     """Seeds, val/test lists, the epoch reached and the deviations shared by a row's runs."""
     runs = [run_record(n, metrics_dir) for n in names]
@@ -104,11 +116,9 @@ def summarise(names: list[str], epochs: int, metrics_dir: Path = METRICS) -> dic
     reached = min(r["last"]["epoch"] for r in runs)
     # every run read at the last epoch all of them reached, so an unfinished seed is never
     # averaged with a finished one's final epoch
-    at = [r["rows"][max(e for e in r["rows"] if e <= reached + 1e-9)] for r in runs]
-    tail = [[row["val_acc"] for e, row in r["rows"].items() if reached - 10 < e <= reached + 1e-9]
-            or [a["val_acc"]] for r, a in zip(runs, at)]  # the last ten epochs all reached
+    at = [row_at(r["rows"], reached) for r in runs]
     return {"seeds": [r["config"]["seed"] for r in runs], "val": [row["val_acc"] for row in at],
-            "val_tail": [statistics.fmean(t) for t in tail],
+            "val_tail": [val_tail(r["rows"], reached) for r in runs],
             "test": [row["test_acc"] for row in at], "epoch": reached,
             "finished": reached >= epochs - 1e-9, "deviations": first}
 
@@ -241,9 +251,7 @@ def agreement(pairs: list[dict], metrics_dir: Path = METRICS) -> str:
             continue
         e = max(common)
         vals = {k: [r[e]["val_acc"] for r in runs] for k, runs in sets.items()}
-        tail = [c for c in common if e - 10 < c <= e]
-        tails = {k: [statistics.fmean(r[c]["val_acc"] for c in tail) for r in runs]
-                 for k, runs in sets.items()}
+        tails = {k: [val_tail(r, e) for r in runs] for k, runs in sets.items()}
         diff, diff_tail = (100 * (statistics.fmean(v["srht"]) - statistics.fmean(v["gaussian"]))
                            for v in (vals, tails))
         out.append(f"| {pair['label']} | {e:g} | {len(vals['gaussian'])}: "
