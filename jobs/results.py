@@ -175,11 +175,19 @@ def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
     return "\n".join(out)
 
 
+def seeds_needed(group: dict) -> int:
+    """How many seeds a Table B group's candidate needs to be chosen (manifest ``seeds``)."""
+    need = group.get("seeds", 1)
+    if type(need) is not int or need < 1:
+        fail(f"Table B group {group.get('name')!r}: seeds {need!r} is not a whole number ≥ 1")
+    return need
+
+
 def selected(group: dict, epochs: int, metrics_dir: Path) -> tuple[list, int | None]:
     """A Table B group's candidates as (candidate, summary, label) and the index of the one
     validation chooses: the highest mean validation accuracy among those whose runs all
     finished and that have the group's ``seeds`` (a screening run with fewer never wins)."""
-    rows, need = [], group.get("seeds", 1)
+    rows, need = [], seeds_needed(group)
     for cand in group["candidates"]:
         s = candidate_summary(group, cand, epochs, metrics_dir)
         label = cand.get("label") or listed(s["deviations"]) or "none (the paper's protocol)"
@@ -214,7 +222,7 @@ def summary_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> s
     for group in groups:
         rows, best = selected(group, epochs, metrics_dir)
         if best is None:
-            need = group.get("seeds", 1)
+            need = seeds_needed(group)
             what = "none finished yet" if need == 1 else f"none finished with {need} seeds yet"
             out.append(f"| {group['name']} | {what} | — | — | — |")
             continue
@@ -294,7 +302,9 @@ def replace_block(path: Path, name: str, text: str) -> None:
 def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
            results_md: Path = ROOT / "docs" / "results.md",
            readme: Path = ROOT / "README.md") -> dict[str, str]:
-    spec = yaml.safe_load(manifest.read_text())
+    spec = yaml.safe_load(manifest.read_text()) or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("table_a"), list):
+        fail(f"{manifest}: no table_a list (the rows of the paper's Table 1) in the manifest")
     epochs = int(spec.get("epochs", 100))
     made = {"table-a": table_a(spec["table_a"], epochs, metrics_dir),
             "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),

@@ -117,6 +117,35 @@ def test_a_missing_run_is_one_error_line(docs, capsys):
     assert len(err.splitlines()) == 1 and "run nowhere:" in err and "collect" in err
 
 
+@pytest.mark.parametrize("seeds", ["3", 0, 2.5, "true"])
+def test_a_bad_seeds_count_is_one_error_line(docs, capsys, seeds):
+    d, md, readme = docs
+    write_run(d, "a-s0", 0.90, 0.70, method="rbd")
+    manifest = d / "m.yaml"
+    manifest.write_text(f"table_a: []\ntable_b:\n  - {{name: G, model: fc, method: rbd, seeds: {seeds!r}, "
+                        "candidates: [{runs: [a-s0]}]}\n")
+    before = md.read_text()
+    with pytest.raises(SystemExit) as e:
+        results.tables(manifest, d, md, readme)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "group 'G': seeds" in err and "≥ 1" in err
+    assert md.read_text() == before                      # nothing written
+
+
+@pytest.mark.parametrize("text", ["", "table_b: []\n", "- a list\n"])
+def test_a_manifest_without_table_a_is_one_error_line(docs, capsys, text):
+    d, md, readme = docs
+    (d / "m.yaml").write_text(text)
+    before = md.read_text()
+    with pytest.raises(SystemExit) as e:
+        results.tables(d / "m.yaml", d, md, readme)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no table_a list" in err
+    assert md.read_text() == before
+
+
 def test_the_committed_tables_are_what_the_manifest_generates(tmp_path):
     """docs/results.md and README.md hold exactly what `jobs/results.py tables` writes."""
     md, readme = tmp_path / "results.md", tmp_path / "README.md"
