@@ -33,7 +33,7 @@ from .comm import SingleProcess
 from .compartments import build_compartments
 from .data import SHAPES, Split
 from .kernels import fwht_backend, fwht_butterfly, fwht_inplace, fwht_radix16, gaussian_rows
-from .methods import SGD, RandomBasesDescent
+from .methods import SGD, FixedProjectionDescent, RandomBasesDescent
 from .models import FlatParameters, build_model
 from .svrg import Anchor
 
@@ -66,12 +66,13 @@ class Harness:
         nn.functional.cross_entropy(self.model(self.x), self.y).backward()
         return self.flat.gradient()
 
-    def rbd(self, d: int, dist: str, compartments: str, chunk: int = 50) -> RandomBasesDescent:
+    def rbd(self, d: int, dist: str, compartments: str, chunk: int = 50,
+            method=RandomBasesDescent, **options) -> RandomBasesDescent:
         comps = build_compartments(self.flat.named_sizes(), compartments, d)
         image = smooth_image_layers(dist, comps, list(zip(self.flat.names, self.flat.shapes)),
                                     self.x.shape[1], f"{self.model_name}, --compartments {compartments}")
         basis = Basis(BasisConfig(dist), 0, self.device, image_layers=image)
-        return RandomBasesDescent(comps, basis, SingleProcess(), chunk_size=chunk)
+        return method(comps, basis, SingleProcess(), chunk_size=chunk, **options)
 
 
 def label(dist: str, compartments: str) -> str:
@@ -177,6 +178,29 @@ def replay_ratio(model_name: str, dataset: str, d: int, dist: str, compartments:
     replay_s = time.perf_counter() - t0
     return {"config": label(dist, compartments), "train_s": train_s, "replay_s": replay_s,
             "ratio": replay_s / train_s, "bitwise": bool(torch.equal(theta, h.flat.theta))}
+
+
+def fpd_ratio(model_name: str, dataset: str, d: int, dist: str, steps: int = 20,
+              device: str = "cpu") -> dict:
+    """The official FPD's whole step (its forward shift Σ_i c_{t−1,i} φ_i, the forward and
+    backward pass, the step) ÷ Li's FPD step (the same without the shift), directions kept in
+    memory as ``--protocol paper`` runs use them; one step of each in turn, medians."""
+    h = Harness(model_name, dataset, device=device)
+    methods = {name: h.rbd(d, dist, "network", method=FixedProjectionDescent, keep_in_memory=True,
+                           carry_coordinates=name == "official") for name in ("li", "official")}
+    theta0 = h.flat.theta.clone()
+    thetas = {name: theta0.clone() for name in methods}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for t in range(steps + 1):                  # step 0 generates the kept directions: not timed
+        for name, m in methods.items():
+            t0 = time.perf_counter()
+            shift = m.forward_shift(thetas[name])
+            h.flat.theta.copy_(thetas[name] if shift is None else thetas[name] + shift)
+            m.step(thetas[name], h.grad(), t, 1e-3)
+            if t:
+                times[name].append(time.perf_counter() - t0)
+    li, official = (statistics.median(times[k]) * 1e3 for k in ("li", "official"))
+    return {"config": f"fpd-{dist}", "li_ms": li, "official_ms": official, "ratio": official / li}
 
 
 _MEMORY_CHILD = """

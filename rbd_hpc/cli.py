@@ -10,7 +10,7 @@ import sys
 import torch
 
 from .bases import BasisConfig
-from .bench import format_table, kernel_table, memory_ratio, replay_ratio, run_bench
+from .bench import format_table, fpd_ratio, kernel_table, memory_ratio, replay_ratio, run_bench
 from .comm import (create_communicator, install_abort_handler, launched_by_mpi, on_every_rank,
                    on_root)
 from .compartments import segments
@@ -153,6 +153,8 @@ def _bench_parser(sub) -> None:
                    help="also time each RBD row with an SVRG anchor renewed every N steps")
     b.add_argument("--replay", action="store_true",
                    help="also time replaying the steps against training them")
+    b.add_argument("--fpd", action="store_true",
+                   help="also time the official FPD's step (carried coordinates) against Li's")
     b.add_argument("--memory", action="store_true",
                    help="also compare peak memory of RBD and SGD training (fresh processes)")
     b.add_argument("--ceilings", action="store_true",
@@ -350,6 +352,12 @@ def cmd_bench(args) -> int:
                 r = replay_ratio(args.model, args.dataset, args.d, dist, comp, args.steps, args.device)
                 print(f"{r['config']:<28} train {r['train_s']:.3f} s  replay {r['replay_s']:.3f} s  "
                       f"ratio {r['ratio']:.2f}  bitwise {r['bitwise']}")
+    if args.fpd:
+        print("\n# the official FPD's step ÷ Li's (its forward shift added; directions kept)")
+        for dist in dists:
+            r = fpd_ratio(args.model, args.dataset, args.d, dist, args.steps, args.device)
+            print(f"{r['config']:<28} li {r['li_ms']:.2f} ms  official {r['official_ms']:.2f} ms  "
+                  f"ratio {r['ratio']:.2f}")
     if args.kernels:
         print(f"\n# kernels alone, ns per element (medians of interleaved repeats, "
               f"{torch.get_num_threads()} threads)")

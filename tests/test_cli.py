@@ -175,6 +175,18 @@ def test_bench_ceilings_and_kernels_show_what_a_step_is_made_of():
     assert all(float(line.split()[-1]) > 0 for line in kernels)
 
 
+def test_bench_fpd_times_the_official_step_against_lis():
+    proc = run_cli("bench", "--model", "fc", "--d", "20", "--steps", "3", "--dist", "gaussian,srht",
+                   "--no-reference", "--fpd")
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^(fpd-\w+) +li ([\d.]+) ms +official ([\d.]+) ms +ratio ([\d.]+)$",
+                      proc.stdout.split("# the official FPD's step")[1], re.M)
+    assert [r[0] for r in rows] == ["fpd-gaussian", "fpd-srht"]
+    for _, li, official, ratio in rows:  # the ratio of the medians printed (to 2 decimals)
+        li, official, ratio = float(li), float(official), float(ratio)
+        assert (official - 0.005) / (li + 0.005) - 0.005 <= ratio <= (official + 0.005) / (li - 0.005) + 0.005
+
+
 def test_bench_bad_dist():
     assert_user_error(run_cli("bench", "--dist", "normal"), "--dist 'normal'")
 

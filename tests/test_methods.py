@@ -234,6 +234,27 @@ def test_keep_in_memory_is_bitwise_the_same(cls, redraw):
     assert torch.equal(thetas[0], thetas[1])
 
 
+@pytest.mark.parametrize("dist,keep,momentum", [("gaussian", False, 0.0), ("gaussian", True, 0.5),
+                                                 ("srht", False, 0.0)])
+def test_official_fpd_holds_the_shift_it_would_form_from_the_carried_coordinates(dist, keep,
+                                                                                momentum):
+    """The official FPD sums its next forward shift Σ c_{t−1,i} φ_i while applying step t−1;
+    a resume forms it again from c_{t−1} (the snapshot state): both are the same bits."""
+    comps = build_compartments(SIZES, "layer", d_total=12)
+    m = FixedProjectionDescent(comps, Basis(BasisConfig(dist), 4), SingleProcess(), chunk_size=5,
+                               keep_in_memory=keep, momentum=momentum, carry_coordinates=True)
+    theta = torch.linspace(-1, 1, D)
+    assert m.forward_shift(theta) is None
+    for step in range(5):
+        shift = m.forward_shift(theta)
+        m.step(theta, torch.cos((theta if shift is None else theta + shift) * 3), step, 0.2)
+        held = m.forward_shift(theta).clone()
+        m.load_state_vector(m.state_vector(D), "cpu")   # as a resume from a snapshot
+        formed = m.forward_shift(theta)
+        assert torch.equal(held, formed), step
+        assert torch.count_nonzero(held) > 0
+
+
 # -- the fast path against the independent reference (explicit matrices) -------------------
 
 @pytest.mark.parametrize("antithetic", [False, True])

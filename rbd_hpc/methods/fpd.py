@@ -28,6 +28,8 @@ class FixedProjectionDescent(RandomBasesDescent):
         super().__init__(*args, **kwargs)
         self.carry_coordinates = carry_coordinates
         self.previous: torch.Tensor | None = None  # c_{t−1}, with carry_coordinates
+        # Σ_i c_{t−1,i} φ_i, summed by the last step from its own products (None: not held)
+        self._shift: torch.Tensor | None = None
 
     def key_step(self, step: int) -> int:
         return 0
@@ -36,7 +38,9 @@ class FixedProjectionDescent(RandomBasesDescent):
         """Σ_i c_{t−1,i} φ_i, the displacement of the official FPD's forward pass (None: none)."""
         if not self.carry_coordinates or self.previous is None:
             return None
-        shift = torch.zeros_like(theta)
+        if self._shift is not None:
+            return self._shift
+        shift = torch.zeros_like(theta)  # after a resume: from c_{t−1}, the same sums
         cursor = [0]
 
         def coefficients_for(span, chunk):
@@ -44,7 +48,20 @@ class FixedProjectionDescent(RandomBasesDescent):
             cursor[0] += chunk.n_coefficients
             return self.previous[lo:cursor[0]]
         apply_step(shift, self._chunks(0), -1.0, coefficients_for)
+        self._shift = shift
         return shift
+
+    def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for,
+               chunks=None, combined: torch.Tensor | None = None) -> torch.Tensor:
+        """The step; with carry_coordinates it also sums the next forward shift from the
+        step's own products (one pass over the directions fewer than forming it again)."""
+        if not self.carry_coordinates:
+            return super()._apply(theta, step, lr, coefficients_for, chunks, combined)
+        self._shift = None
+        shift = torch.zeros_like(theta)
+        applied = super()._apply(theta, step, lr, coefficients_for, chunks, shift)
+        self._shift = shift
+        return applied
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor, step: int, lr: float,
              loss_at: Callable[[int], float] | None = None) -> StepResult:
@@ -66,6 +83,7 @@ class FixedProjectionDescent(RandomBasesDescent):
     def reset_state(self) -> None:
         super().reset_state()
         self.previous = None
+        self._shift = None
 
     def state_size(self, dim: int) -> int:
         return super().state_size(dim) + (self.n_coefficients if self.carry_coordinates else 0)
@@ -84,3 +102,4 @@ class FixedProjectionDescent(RandomBasesDescent):
         n = self.n_coefficients
         super().load_state_vector(vec[:-n], device)
         self.previous = torch.from_numpy(np.array(vec[-n:], dtype=np.float32)).to(device)
+        self._shift = None

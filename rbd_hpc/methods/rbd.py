@@ -141,8 +141,9 @@ class RandomBasesDescent(Velocity):
         return applied
 
     def _apply(self, theta: torch.Tensor, step: int, lr: float, coefficients_for,
-               chunks=None) -> torch.Tensor:
-        """The step through the one update function, with this method's velocity if any."""
+               chunks=None, combined: torch.Tensor | None = None) -> torch.Tensor:
+        """The step through the one update function, with this method's velocity if any
+        (``combined``: see ``apply_step``)."""
         velocity = self.velocity_for(theta) if self.momentum else None
         return apply_step(theta, self._chunks(step) if chunks is None else chunks, lr,
-                          coefficients_for, velocity, self.momentum, self.weight_decay)
+                          coefficients_for, velocity, self.momentum, self.weight_decay, combined)

@@ -73,7 +73,7 @@ def decay_(theta: torch.Tensor, lr: float, weight_decay: float) -> None:
 def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
                coefficients_for: Callable[[slice, object], torch.Tensor],
                velocity: torch.Tensor | None = None, momentum: float = 0.0,
-               weight_decay: float = 0.0) -> torch.Tensor:
+               weight_decay: float = 0.0, combined: torch.Tensor | None = None) -> torch.Tensor:
     """θ_k ← θ_k − η Σ_i c_i φ_i chunk by chunk; returns the coefficients applied (float32).
 
     ``coefficients_for(span, chunk)`` supplies the chunk's coefficients: in training it
@@ -86,6 +86,9 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     coefficients alone; it lives only in memory and in snapshots.
 
     With ``weight_decay`` λ, θ is first scaled by 1 − ηλ (``decay_``).
+
+    With ``combined`` (zeros of θ's shape), Σ_i c_i φ_i is also added into it, chunk by chunk
+    from the same products: the official FPD's next forward shift, with no second pass.
     """
     decay_(theta, lr, weight_decay)
     if velocity is None:
@@ -95,7 +98,10 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     applied = []
     for span, chunk in chunks:
         c = coefficients_for(span, chunk).to(torch.float32)
-        target[span].add_(chunk.combine(c), alpha=scale)
+        direction = chunk.combine(c)
+        target[span].add_(direction, alpha=scale)
+        if combined is not None:
+            combined[span].add_(direction)
         applied.append(c)
     if velocity is not None:
         theta.add_(velocity, alpha=-lr)
