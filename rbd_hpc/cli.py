@@ -176,7 +176,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         text = meta["help"] + (": " + ", ".join(map(str, meta["choices"])) if meta["choices"] else "")
         if base == "bool":  # --augment / --no-augment: a later flag can undo an earlier one
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
-                                default=None, help=text + " (default off)")
+                                default=None, help=text + ("" if f.default is None else
+                                                           f" (default {'on' if f.default else 'off'})"))
             continue
         if f.default is not None and not meta["factory"]:  # model, data set: the preset's
             text += f" (default {f.default})"

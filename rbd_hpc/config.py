@@ -181,8 +181,11 @@ class TrainConfig:
     device: str = option("cpu", "where tensors live", choices=DEVICES)
     threads: int | None = option(None, "torch threads per rank", positive=True, at_most=MAX_THREADS,
                                  resume_free=True)
-    keep_in_memory: bool = option(False, "keep directions in memory while they stay the same "
-                                  "(FPD, --redraw-every)")
+    keep_in_memory: bool | None = option(None, "keep directions in memory while they stay the "
+                                         "same (FPD, --redraw-every N > 1); default: kept when "
+                                         "they take at most 512 MiB (4·D·d bytes, ×R in per-rank "
+                                         "mode), regenerated otherwise; no bit of the trajectory "
+                                         "depends on it", resume_free=True)
     sigma: float | None = option(None, "NES perturbation scale σ (default: 0.01 with --nes paper, "
                                  "the official noise_std; 0.05 with --nes same-batch)")
     nes: str = option("same-batch", "NES variant. paper: offspring θ + σ·ε with ε ~ N(0, I) "

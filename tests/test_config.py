@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, assert_user_error, run_cli, venv_bin, wait_for_commits
 from rbd_hpc.cli import build_parser
-from rbd_hpc.config import FIELDS, TrainConfig
+from rbd_hpc.config import FIELDS, TrainConfig, field_kind
 from rbd_hpc.errors import UserError
 from rbd_hpc.preemption import PREEMPT_SIGNALS, StopRequest
 from rbd_hpc.runlog import RunFile
@@ -33,7 +33,7 @@ def test_every_option_is_a_flag_with_its_help_and_default():
             continue
         action = actions[f.name]
         alias = ["--data"] if f.name == "dataset" else []
-        if f.type == "bool":  # and its negation, so that appended options can turn it off
+        if field_kind(f)[0] == "bool":  # and its negation: appended options can turn it off
             alias = ["--no-" + f.name.replace("_", "-")]
         assert action.option_strings == ["--" + f.name.replace("_", "-")] + alias
         assert action.help.startswith(f.metadata["help"])

@@ -255,6 +255,28 @@ def test_official_fpd_holds_the_shift_it_would_form_from_the_carried_coordinates
         assert torch.count_nonzero(held) > 0
 
 
+@pytest.mark.parametrize("fields,world,kept", [
+    (dict(method="fpd"), 1, True),                       # FC: 4·250·101,770 B = 97 MiB
+    (dict(method="fpd", mode="per-rank"), 6, False),     # ×6 ranks' directions: 582 MiB
+    (dict(method="fpd", mode="per-rank"), 5, True),      # 485 MiB
+    (dict(method="fpd", keep_in_memory=False), 1, False),
+    (dict(method="rbd"), 1, False),                      # fresh directions every step
+    (dict(method="rbd", redraw_every=3), 1, True),
+    (dict(method="rbd", redraw_every=3, d=1400), 1, False),  # 543 MiB
+    (dict(method="rbd", keep_in_memory=True), 1, True),
+])
+def test_directions_are_kept_by_default_when_reused_and_within_512_mib(fields, world, kept):
+    from rbd_hpc.config import TrainConfig
+    from rbd_hpc.methods.build import build_method
+    from rbd_hpc.models import FlatParameters, build_model
+    cfg = TrainConfig.from_preset("fc-fmnist", **fields)
+    flat = FlatParameters(build_model("fc", (1, 28, 28), torch.Generator().manual_seed(0)))
+    assert sum(s.numel() for s in flat.model.parameters()) == 101770
+    method, _ = build_method(cfg, list(zip(flat.names, flat.shapes)), SingleProcess(), "cpu",
+                             world_size=world)
+    assert method.keep_in_memory is kept
+
+
 # -- the fast path against the independent reference (explicit matrices) -------------------
 
 @pytest.mark.parametrize("antithetic", [False, True])

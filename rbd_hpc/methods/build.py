@@ -41,19 +41,33 @@ def build_method(cfg, named_shapes: list[tuple[str, tuple]], comm, device,
         return _nes(cfg, compartments, comm, device, image), compartments
     basis = Basis(cfg.basis, cfg.seed, device, image_layers=image)
     common = dict(mode=cfg.mode, chunk_size=cfg.chunk, redraw_every=cfg.redraw_every,
-                  world_size=world_size, keep_in_memory=cfg.keep_in_memory,
+                  world_size=world_size, keep_in_memory=bool(cfg.keep_in_memory),
                   momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.method == "fpd":
         method = FixedProjectionDescent(compartments, basis, comm, **common,
                                         carry_coordinates=cfg.fpd == "official")
     else:
         method = RandomBasesDescent(compartments, basis, comm, **common)
+    if cfg.keep_in_memory is None:
+        method.keep_in_memory = keeps_directions(method, sum(c.size for c in compartments))
     too_many = [c for c in compartments if c.d * method.ranks > c.size]
     if method.direction_parallel and too_many:
         c = too_many[0]
         raise UserError(f"per-rank mode: {method.ranks} ranks × d={c.d} directions exceed "
                         f"compartment {c.name!r} ({c.size} parameters)")
     return method, compartments
+
+
+KEEP_BYTES = 512 * 2**20  # the directions --keep-in-memory holds by default, at most
+
+
+def keeps_directions(method: RandomBasesDescent, dim: int) -> bool:
+    """The default of --keep-in-memory: hold a step's directions when they serve more than one
+    step (FPD: the run; --redraw-every N > 1: N steps) and their float32 matrix, every direction
+    this process applies (R·d in per-rank mode) by θ's ``dim`` entries, fits in KEEP_BYTES.
+    Held or regenerated, the directions and the trajectory are the same bits."""
+    reused = isinstance(method, FixedProjectionDescent) or method.redraw_every > 1
+    return reused and 4 * method.n_coefficients * dim <= KEEP_BYTES
 
 
 def _sparse(cfg, named_shapes, comm, total_steps: int | None) -> SparseTraining:
