@@ -183,11 +183,13 @@ def replay_ratio(model_name: str, dataset: str, d: int, dist: str, compartments:
 def fpd_ratio(model_name: str, dataset: str, d: int, dist: str, steps: int = 20,
               device: str = "cpu") -> dict:
     """The official FPD's whole step (its forward shift Σ_i c_{t−1,i} φ_i, the forward and
-    backward pass, the step) ÷ Li's FPD step (the same without the shift), directions kept in
-    memory as ``--protocol paper`` runs use them; one step of each in turn, medians."""
+    backward pass, the step) ÷ Li's FPD step (the same without the shift), directions held in
+    memory (the default); and Li's step with its directions regenerated every step
+    (--no-keep-in-memory) ÷ held. One step of each in turn, medians."""
     h = Harness(model_name, dataset, device=device)
-    methods = {name: h.rbd(d, dist, "network", method=FixedProjectionDescent, keep_in_memory=True,
-                           carry_coordinates=name == "official") for name in ("li", "official")}
+    methods = {name: h.rbd(d, dist, "network", method=FixedProjectionDescent,
+                           keep_in_memory=name != "regenerated", carry_coordinates=name == "official")
+               for name in ("li", "official", "regenerated")}
     theta0 = h.flat.theta.clone()
     thetas = {name: theta0.clone() for name in methods}
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -199,8 +201,9 @@ def fpd_ratio(model_name: str, dataset: str, d: int, dist: str, steps: int = 20,
             m.step(thetas[name], h.grad(), t, 1e-3)
             if t:
                 times[name].append(time.perf_counter() - t0)
-    li, official = (statistics.median(times[k]) * 1e3 for k in ("li", "official"))
-    return {"config": f"fpd-{dist}", "li_ms": li, "official_ms": official, "ratio": official / li}
+    li, official, regenerated = (statistics.median(times[k]) * 1e3 for k in methods)
+    return {"config": f"fpd-{dist}", "li_ms": li, "official_ms": official, "ratio": official / li,
+            "regenerated_ms": regenerated, "regenerated_ratio": regenerated / li}
 
 
 _MEMORY_CHILD = """
