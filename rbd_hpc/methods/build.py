@@ -66,8 +66,7 @@ def keeps_directions(method: RandomBasesDescent, dim: int) -> bool:
     step (FPD: the run; --redraw-every N > 1: N steps) and their float32 matrix, every direction
     this process applies (R·d in per-rank mode) by θ's ``dim`` entries, fits in KEEP_BYTES.
     Held or regenerated, the directions and the trajectory are the same bits."""
-    reused = isinstance(method, FixedProjectionDescent) or method.redraw_every > 1
-    return reused and 4 * method.n_coefficients * dim <= KEEP_BYTES
+    return method.reuses_directions and 4 * method.n_coefficients * dim <= KEEP_BYTES
 
 
 def _sparse(cfg, named_shapes, comm, total_steps: int | None) -> SparseTraining:

@@ -34,6 +34,8 @@ class FixedProjectionDescent(RandomBasesDescent):
     def key_step(self, step: int) -> int:
         return 0
 
+    reuses_directions = True  # the whole run's
+
     def forward_shift(self, theta: torch.Tensor) -> torch.Tensor | None:
         """Σ_i c_{t−1,i} φ_i, the displacement of the official FPD's forward pass (None: none)."""
         if not self.carry_coordinates or self.previous is None:

@@ -65,6 +65,11 @@ class RandomBasesDescent(Velocity):
     def key_step(self, step: int) -> int:
         return step // self.redraw_every
 
+    @property
+    def reuses_directions(self) -> bool:
+        """Whether a step's directions serve later steps too (the key step repeats)."""
+        return self.redraw_every > 1
+
     def _chunks(self, step: int, listed: bool = False):
         """The step's (θ slice, chunk) pairs: generated one at a time (dense chunks into a
         shared scratch buffer), or ``listed`` (structured chunks, or --keep-in-memory)."""
