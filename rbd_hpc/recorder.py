@@ -55,6 +55,12 @@ def evaluations_after(done: int, total: int, period: int) -> int:
     return total // period - done // period + (total % period != 0 and done < total)
 
 
+def anchors_after(done: int, total: int, every: int) -> int:
+    """How many SVRG anchor passes a run of ``total`` steps still makes after ``done`` steps:
+    one before every step whose index is a multiple of ``every`` (none without SVRG)."""
+    return -(-total // every) - -(-done // every) if every else 0
+
+
 def open_board(directory: str):
     """A TensorBoard writer (torch.utils.tensorboard; the optional ``tensorboard`` package).
     Scalars: train/loss, train/lr, train/ms_per_step every step; at an epoch's end
@@ -120,11 +126,15 @@ class Recorder:
         self.root = run.comm.rank == 0
         cfg = run.cfg
         self.board = open_board(tensorboard) if tensorboard else None
-        self.eval_seconds = 0.0  # the last evaluation's: the ETA counts one per epoch end ahead
+        # the last evaluation's and the last anchor pass's seconds: the ETA counts one of each
+        # still ahead (per epoch end; per SVRG period) instead of spreading them over the steps
+        self.eval_seconds = self.anchor_seconds = 0.0
         self.bar = StepProgress(run.total, f"{cfg.method} {cfg.model}-{cfg.dataset}",
                                 progress and self.root, initial=start,
                                 pending=lambda done: self.eval_seconds * evaluations_after(
-                                    done, run.total, run.stream.period))
+                                    done, run.total, run.stream.period)
+                                + self.anchor_seconds * anchors_after(done, run.total,
+                                                                      cfg.svrg_every))
         if resume and self.root:
             self.bar.log(f"resuming {out} at step {start}/{run.total} (epoch "
                          f"{run.stream.epochs_at(start):.2f}): "
@@ -177,6 +187,13 @@ class Recorder:
             self.writer.add_step(step, stats.lr, stats.loss,
                                  c.cpu().numpy() if self.run.method.n_coefficients else None)
 
+    def anchor_pass(self, seconds: float) -> None:
+        """An SVRG anchor pass took ``seconds``: outside the step rate, in the epoch's
+        ``ms_anchor_pass`` (median) and, once per pass still ahead, in the ETA."""
+        self.anchor_seconds = seconds
+        self.bar.aside(seconds)
+        self.epoch_phases.setdefault("anchor_pass", []).append(seconds * 1e3)
+
     def commit_due(self, done: int, snapshot_due: bool, epoch_end: bool, loss: float) -> None:
         if self.writer is not None and (snapshot_due or epoch_end or
                                         time.monotonic() - self.last_commit > COMMIT_SECONDS):
@@ -228,7 +245,9 @@ class Recorder:
         eta = self.bar.eta()
         return (f"epoch {r['epoch']:.4g}/{self.run.stream.epochs_at(total):.4g} step {r['step']}/{total}: train_loss "
                 f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}, "
-                f"{r['ms_per_step']:.2f} ms/step, elapsed {clock(time.monotonic() - self.bar.t0)}"
+                f"{r['ms_per_step']:.2f} ms/step"
+                + (f" + anchor passes of {r['ms_anchor_pass'] / 1e3:.1f} s" if "ms_anchor_pass" in r
+                   else "") + f", elapsed {clock(time.monotonic() - self.bar.t0)}"
                 + (f", ETA {clock(eta)}" if eta is not None and r["step"] < total else ""))
 
     def close(self) -> None:

@@ -200,9 +200,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return value if math.isnan(value) else max(-1.0, min(1.0, value))
 
 
-def take_step(s: Session, step: int, t0: float) -> StepStats:
-    """One training step from batch ``step`` (its first, when a step takes several); ``t0`` is
-    when the step's work began."""
+def take_step(s: Session, step: int) -> StepStats:
+    """One training step from batch ``step`` (its first, when a step takes several), timed
+    from here (an SVRG anchor pass before it is timed apart: ``Recorder.anchor_pass``)."""
+    t0 = time.perf_counter()
     x, y = step_batch(s, step)
     shift = s.method.forward_shift(s.flat.theta)
     saved = None
@@ -349,13 +350,15 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
                    progress and root, tensorboard if root else None)
     done = start
     for step in range(start, start if preempted else s.total):
-        t0 = time.perf_counter()
-        if s.anchor is not None and step % cfg.svrg_every == 0 and not anchor_pass(
-                s, s.flat.theta.detach(), step, should_stop):
-            preempted = True  # stopped in the pass: step `step` not taken, θ snapshotted as is
-            rec.commit_snapshot(step)
-            break
-        stats = take_step(s, step, t0)
+        if s.anchor is not None and step % cfg.svrg_every == 0:
+            t_anchor = time.perf_counter()
+            complete = anchor_pass(s, s.flat.theta.detach(), step, should_stop)
+            rec.anchor_pass(time.perf_counter() - t_anchor)
+            if not complete:
+                preempted = True  # stopped in the pass: step `step` not taken, θ as it is
+                rec.commit_snapshot(step)
+                break
+        stats = take_step(s, step)
         t_rec = time.perf_counter()
         rec.add(step, stats)
         if not math.isfinite(stats.loss):

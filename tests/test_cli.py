@@ -116,9 +116,13 @@ def test_the_eta_leaves_evaluations_out_of_the_step_rate_and_adds_those_still_ah
     """A resume's first epoch line came from a window of a few steps plus one evaluation, which
     the old estimate spread over every step left (4 h shown for a 1.5 h remainder)."""
     import rbd_hpc.progress as progress
-    from rbd_hpc.recorder import evaluations_after
+    from rbd_hpc.recorder import anchors_after, evaluations_after
     assert [evaluations_after(d, 100, 10) for d in (0, 5, 10, 95, 100)] == [10, 10, 9, 1, 0]
     assert [evaluations_after(d, 105, 10) for d in (0, 100, 104, 105)] == [11, 1, 1, 0]
+    # SVRG anchor passes, taken before steps 0, 10, 20, …: those still ahead after `done` steps
+    assert [anchors_after(d, 100, 10) for d in (0, 1, 10, 11, 91, 100)] == [10, 9, 9, 8, 0, 0]
+    assert [anchors_after(d, 105, 10) for d in (0, 100, 101)] == [11, 1, 0]
+    assert anchors_after(0, 100, 0) == 0  # no SVRG, no pass
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     bar = progress.StepProgress(1000, "t", enabled=False, initial=400,

@@ -193,13 +193,12 @@ def test_paper_protocol_runs_replay_bitwise(idx_dir, tmp_path, method):
 
 def test_official_fpd_takes_its_gradient_where_the_carried_coordinates_put_it(idx_dir):
     """The official FPD keeps c_{t−1}: step t's gradient is taken at θ + Σ c_{t−1,i} φ_i."""
-    import time
     from rbd_hpc.train import take_step
     cfg = TrainConfig.from_preset("fc-fmnist", method="fpd", fpd="official", d=6, steps=3,
                                   data_dir=str(idx_dir), val_size=64, threads=1)
     s = set_up(cfg, SingleProcess())
     assert s.method.forward_shift(s.flat.theta) is None  # step 0: nothing carried yet
-    c0 = take_step(s, 0, time.perf_counter()).result.coefficients
+    c0 = take_step(s, 0).result.coefficients
     theta1 = s.flat.theta.clone()
     phi = torch.cat([chunk.phi for _, chunk in s.method._chunks(0, listed=True)])
     shift = s.method.forward_shift(s.flat.theta)
@@ -211,7 +210,7 @@ def test_official_fpd_takes_its_gradient_where_the_carried_coordinates_put_it(id
     s.loss_fn(s.model(x), y).backward()
     expected = phi @ s.flat.gradient()
     s.flat.theta.copy_(theta1)
-    c1 = take_step(s, 1, time.perf_counter()).result.coefficients
+    c1 = take_step(s, 1).result.coefficients
     assert torch.allclose(c1, expected, rtol=1e-5, atol=1e-7)
     # θ itself moves by c1 only: the carried shift is not part of the step
     assert torch.allclose(s.flat.theta, theta1 - cfg.lr * (c1 @ phi), rtol=0, atol=1e-6)

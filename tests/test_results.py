@@ -12,9 +12,12 @@ sys.path.insert(0, str(ROOT / "jobs"))
 import results  # noqa: E402
 
 
-def write_run(d: Path, name: str, val: float, test: float, epoch: float = 100, **fields):
+def write_run(d: Path, name: str, val: float, test: float, epoch: float = 100,
+              peak: float | None = None, **fields):
+    """Rows at epochs 1, 2, (50: validation ``peak``), epoch − 0.5 and ``epoch``."""
     cfg = TrainConfig.from_preset("fc-fmnist", **fields)
     rows = [{"epoch": e, "val_acc": 0.1, "test_acc": 0.1} for e in (1, 2)]
+    rows += [{"epoch": 50, "val_acc": peak, "test_acc": 0.1}] if peak is not None else []
     rows += [{"epoch": epoch - 0.5, "val_acc": val - 0.02, "test_acc": 0.1}] if epoch > 12 else []
     rows.append({"epoch": epoch, "val_acc": val, "test_acc": test})
     (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -34,8 +37,8 @@ def docs(tmp_path):
 
 def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(docs):
     d, md, readme = docs
-    for s, (v, t) in enumerate([(0.84, 0.83), (0.86, 0.85), (0.85, 0.87)]):
-        write_run(d, f"sgd-s{s}", v, t, protocol="paper", method="sgd", seed=s)
+    for s, (v, t, peak) in enumerate([(0.84, 0.83, None), (0.86, 0.85, 0.90), (0.85, 0.87, 0.80)]):
+        write_run(d, f"sgd-s{s}", v, t, peak=peak, protocol="paper", method="sgd", seed=s)
     write_run(d, "rbd-s0", 0.80, 0.79, epoch=40, protocol="paper", method="rbd", dist="srht")
     write_run(d, "a-s0", 0.90, 0.70, method="rbd")      # best validation: chosen
     write_run(d, "b-s0", 0.88, 0.99, method="rbd")      # best test: never read
@@ -64,12 +67,14 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
     made = results.tables(manifest, d, md, readme)
     a = made["table-a"].splitlines()
     # mean ± sample std over the three seeds: val 85.00 ± 1.00, test 85.00 ± 2.00
-    # the mean over each run's last ten epochs (99.5 and 100; not 1 and 2): one point lower
+    # the mean over each run's last ten epochs (99.5 and 100; not 1, 2 or 50): one point lower;
+    # each run's best epoch: 84, 90 (its epoch 50) and 85 (its 80% at epoch 50 is not its best)
     assert a[2] == ("| FC-FMNIST | SGD | none | 0, 1, 2 | 100 | 85.00 ± 1.00 | 84.00 ± 1.00 | "
-                    "85.00 ± 2.00 | 87.32 ± 0.21 | -11.0 |")
+                    "86.33 ± 3.21 | 85.00 ± 2.00 | 87.32 ± 0.21 | -11.0 |")
     assert a[3] == ("| FC-FMNIST | RBD | --dist srht (paper: gaussian) | 0 | 40 (unfinished) | "
-                    "80.00 ± — | 79.00 ± — | 79.00 ± — | 85.65 ± 0.2 | -28.3 |")
-    assert a[4] == "| CNN-FMNIST | RBD | not run yet | — | — | — | — | — | 85.56 ± 0.1 | — |"
+                    "80.00 ± — | 79.00 ± — | 80.00 ± — | 79.00 ± — | 85.65 ± 0.2 | -28.3 |")
+    assert a[4] == ("| CNN-FMNIST | RBD | not run yet | — | — | — | — | — | — | 85.56 ± 0.1 "
+                    "| — |")
     b = made["table-b"].splitlines()
     assert b[2] == "| G | **A** (chosen) | 0 | 100 | 90.00 ± — | **70.00 ± —** |"
     assert b[3] == "| G | B | 0 | 100 | 88.00 ± — | not read |"

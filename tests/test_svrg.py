@@ -3,6 +3,7 @@ MPI."""
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import h5py
@@ -126,6 +127,23 @@ def test_svrg_run_replays_resumes_inside_a_period_and_changes_the_steps(idx_dir,
             f["commit"][...] = [cut_at, 2]  # the steps before cut_at and the snapshots 0 and 15
         train(idx_dir, cut, "--resume", cut)
         assert np.array_equal(final_theta(cut), final_theta(ref)), cut_at
+
+
+def test_anchor_passes_are_timed_apart_from_the_steps(idx_dir, tmp_path):
+    """An anchor pass (a pass over the training set) is no step: it was timed as part of the
+    step after it, and the ETA spread it over every step left, so a resume whose first window
+    held one pass showed 11 h for a 2 h remainder. Now each pass is reported on its own."""
+    out, metrics = tmp_path / "svrg.h5", tmp_path / "svrg.jsonl"
+    proc = train(idx_dir, out, *SVRG, "--metrics", metrics)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    # 18 steps an epoch, passes before steps 0, 10, 20 and 30: none in the last 4 steps
+    assert [r["step"] for r in rows] == [18, 36, 40]
+    assert [r.get("ms_anchor_pass", 0) > 0 for r in rows] == [True, True, False]
+    epochs = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert [" ms/step + anchor passes of " in line for line in epochs] == [True, True, False]
+    plain, plain_metrics = tmp_path / "plain.h5", tmp_path / "plain.jsonl"
+    proc = train(idx_dir, plain, *SVRG[:-2], "--metrics", plain_metrics)
+    assert "ms_anchor_pass" not in plain_metrics.read_text() and "anchor passes" not in proc.stdout
 
 
 @pytest.mark.parametrize("question,stop_at,snapshots", [
