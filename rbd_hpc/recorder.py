@@ -187,11 +187,13 @@ class Recorder:
             self.writer.add_step(step, stats.lr, stats.loss,
                                  c.cpu().numpy() if self.run.method.n_coefficients else None)
 
-    def anchor_pass(self, seconds: float) -> None:
+    def anchor_pass(self, seconds: float, on_the_clock: bool = True) -> None:
         """An SVRG anchor pass took ``seconds``: outside the step rate, in the epoch's
-        ``ms_anchor_pass`` (median) and, once per pass still ahead, in the ETA."""
+        ``ms_anchor_pass`` (median) and, once per pass still ahead, in the ETA. A pass made
+        before the progress clock started (a resume's first) has nothing to set aside."""
         self.anchor_seconds = seconds
-        self.bar.aside(seconds)
+        if on_the_clock:
+            self.bar.aside(seconds)
         self.epoch_phases.setdefault("anchor_pass", []).append(seconds * 1e3)
 
     def commit_due(self, done: int, snapshot_due: bool, epoch_end: bool, loss: float) -> None:

@@ -341,13 +341,17 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
     s = set_up(cfg, comm)
     point = restore(s, out) if resume else None
     start = point.steps_done if point else 0
-    preempted = False
+    preempted, first_pass = False, None
     if point is not None and point.theta_anchor is not None:  # a resume inside an SVRG period
+        t_anchor = time.perf_counter()
         preempted = not anchor_pass(s, torch.from_numpy(point.theta_anchor).to(s.device), start,
                                     should_stop)
+        first_pass = time.perf_counter() - t_anchor
     comm.traffic.phase = "step"
     rec = Recorder(s, point, out if root else None, metrics_path if root else None,
                    progress and root, tensorboard if root else None)
+    if first_pass is not None:  # made before the recorder's clock started
+        rec.anchor_pass(first_pass, on_the_clock=False)
     done = start
     for step in range(start, start if preempted else s.total):
         if s.anchor is not None and step % cfg.svrg_every == 0:
