@@ -245,7 +245,8 @@ class Recorder:
         """One line per epoch for the log: where the run is, its scores, its speed, its ETA."""
         r, total = self.record, self.run.total
         eta = self.bar.eta()
-        return (f"epoch {r['epoch']:.4g}/{self.run.stream.epochs_at(total):.4g} step {r['step']}/{total}: train_loss "
+        epochs_at = self.run.stream.epochs_at  # the record's epoch is rounded to 4 decimals
+        return (f"epoch {epochs_at(r['step']):.4g}/{epochs_at(total):.4g} step {r['step']}/{total}: train_loss "
                 f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}, "
                 f"{r['ms_per_step']:.2f} ms/step"
                 + (f" + anchor passes of {r['ms_anchor_pass'] / 1e3:.1f} s" if "ms_anchor_pass" in r

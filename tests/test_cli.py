@@ -75,6 +75,15 @@ def test_unwritable_output_keeps_nothing_half_written(tmp_path, idx_dir):
         locked.chmod(0o700)
 
 
+def test_a_part_epoch_reads_the_same_in_both_halves_of_the_epoch_line(tmp_path, idx_dir):
+    """1 step of 18 is 0.05556 epochs: the line read the metrics row's 4-decimal rounding
+    (0.0556) on the left and the exact value on the right."""
+    proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1", "--d", "20",
+                   "--out", tmp_path / "run.h5", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("epoch 0.05556/0.05556 step 1/1: "), proc.stdout
+
+
 def test_tiny_run_end_to_end(tmp_path, idx_dir):
     out, metrics = tmp_path / "run.h5", tmp_path / "m.jsonl"
     proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2", "--d", "20",
