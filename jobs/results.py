@@ -308,13 +308,69 @@ def replace_block(path: Path, name: str, text: str) -> None:
     path.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), source))
 
 
+def run_names(value, where: str) -> None:
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        fail(f"{where}: {value!r} is not a list of run names")
+
+
+def check_cell(entry, where: str) -> None:
+    """A Table A row or Table B group names one of the paper's Fashion-MNIST cells."""
+    if not isinstance(entry, dict):
+        fail(f"{where}: {entry!r} is not a mapping (model, method, runs …)")
+    for key, valid in (("model", ("fc", "cnn")), ("method", ("nes", "fpd", "rbd", "sgd"))):
+        if entry.get(key) not in valid:
+            fail(f"{where}: {key} {entry.get(key)!r} is not valid; choose one of: "
+                 + ", ".join(valid))
+
+
+def read_manifest(manifest: Path) -> dict:
+    """The manifest, every entry the tables read checked before any run is read, so that a
+    mistake in it is one line naming the entry and nothing is rewritten."""
+    try:
+        spec = yaml.safe_load(manifest.read_text()) or {}
+    except OSError as e:
+        fail(f"cannot read the manifest {manifest}: {e.strerror or e}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        fail(f"{manifest} is not valid YAML: {getattr(e, 'problem', None) or e}"
+             + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""))
+    if not isinstance(spec, dict) or not isinstance(spec.get("table_a"), list):
+        fail(f"{manifest}: no table_a list (the rows of the paper's Table 1) in the manifest")
+    if type(spec.get("epochs", 100)) is not int or spec.get("epochs", 100) < 1:
+        fail(f"{manifest}: epochs {spec['epochs']!r} is not a whole number ≥ 1")
+    for key in ("table_b", "agreement"):
+        if not isinstance(spec.get(key) or [], list):
+            fail(f"{manifest}: {key} {spec[key]!r} is not a list")
+    for i, row in enumerate(spec["table_a"], 1):
+        check_cell(row, f"{manifest.name}: table_a row {i}")
+        run_names(row.get("runs") or [], f"{manifest.name}: table_a row {i} runs")
+    for i, group in enumerate(spec.get("table_b") or [], 1):
+        if not isinstance(group, dict) or not isinstance(group.get("name"), str):
+            fail(f"{manifest.name}: table_b group {i} has no name")
+        where = f"{manifest.name}: table_b group {group['name']!r}"
+        check_cell(group, where)
+        seeds_needed(group)
+        candidates = group.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            fail(f"{where}: no candidates list")
+        for j, cand in enumerate(candidates, 1):
+            if not isinstance(cand, dict) or ("runs" in cand) == ("legacy" in cand):
+                fail(f"{where}, candidate {j}: give either runs: [NAME, …] or legacy: [SETTING, …]")
+            run_names(cand.get("runs", cand.get("legacy")), f"{where}, candidate {j}")
+    for i, pair in enumerate(spec.get("agreement") or [], 1):
+        where = f"{manifest.name}: agreement row {i}"
+        if not isinstance(pair, dict) or not isinstance(pair.get("label"), str):
+            fail(f"{where}: {pair!r} has no label")
+        run_names(pair.get("srht"), where + " srht")
+        run_names(pair.get("gaussian") or [], where + " gaussian")
+    return spec
+
+
 def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
            results_md: Path = ROOT / "docs" / "results.md",
            readme: Path = ROOT / "README.md") -> dict[str, str]:
-    spec = yaml.safe_load(manifest.read_text()) or {}
-    if not isinstance(spec, dict) or not isinstance(spec.get("table_a"), list):
-        fail(f"{manifest}: no table_a list (the rows of the paper's Table 1) in the manifest")
-    epochs = int(spec.get("epochs", 100))
+    spec = read_manifest(manifest)
+    epochs = spec.get("epochs", 100)
     made = {"table-a": table_a(spec["table_a"], epochs, metrics_dir),
             "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),
             "agreement": agreement(spec.get("agreement") or [], metrics_dir),
@@ -334,6 +390,10 @@ def collect(rundir: Path, names: list[str], metrics_dir: Path = METRICS) -> list
     names = names or sorted(p.stem for p in rundir.glob("*.h5"))
     if not names:
         fail(f"collect: {rundir} holds no run file (NAME.h5)")
+    for name in names:  # every run checked before any file is copied
+        if not (rundir / f"{name}.jsonl").is_file():
+            fail(f"run {name}: {rundir / name}.jsonl is missing (collect copies the metrics a run "
+                 f"wrote with --metrics {name}.jsonl)")
     metrics_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         with RunFile(rundir / f"{name}.h5") as run:

@@ -151,6 +151,53 @@ def test_a_manifest_without_table_a_is_one_error_line(docs, capsys, text):
     assert md.read_text() == before
 
 
+@pytest.mark.parametrize("text,fragment", [
+    ("table_a: [1\n", "is not valid YAML: expected ',' or ']'"),
+    ("table_a:\n  - {model: cnm, method: sgd}\n",
+     "table_a row 1: model 'cnm' is not valid; choose one of: fc, cnn"),
+    ("table_a:\n  - {model: fc, method: RBD, runs: [a-s0]}\n",
+     "method 'RBD' is not valid; choose one of: nes, fpd, rbd, sgd"),
+    ("table_a:\n  - {model: fc, method: sgd, runs: a-s0}\n",
+     "table_a row 1 runs: 'a-s0' is not a list of run names"),
+    ("epochs: x\ntable_a: []\n", "epochs 'x' is not a whole number ≥ 1"),
+    ("table_a: []\ntable_b: 3\n", "table_b 3 is not a list"),
+    ("table_a: []\ntable_b:\n  - {model: fc, method: rbd, candidates: [{runs: [a-s0]}]}\n",
+     "table_b group 1 has no name"),
+    ("table_a: []\ntable_b:\n  - {name: G, model: fc, method: rbd, candidates: []}\n",
+     "group 'G': no candidates list"),
+    ("table_a: []\ntable_b:\n  - {name: G, model: fc, method: rbd, "
+     "candidates: [{runs: [a-s0], legacy: [x]}]}\n", "candidate 1: give either runs"),
+    ("table_a: []\nagreement:\n  - {srht: [a-s0]}\n", "agreement row 1: {'srht': ['a-s0']} has no label"),
+])
+def test_a_mistake_in_the_manifest_is_one_error_line_naming_it(docs, capsys, text, fragment):
+    """Each was a traceback (KeyError, TypeError, yaml's ParserError) or a wrong table."""
+    d, md, readme = docs
+    write_run(d, "a-s0", 0.90, 0.70, method="rbd")
+    (d / "m.yaml").write_text(text)
+    before = md.read_text(), readme.read_text()
+    with pytest.raises(SystemExit) as e:
+        results.tables(d / "m.yaml", d, md, readme)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert (md.read_text(), readme.read_text()) == before  # nothing written
+
+
+def test_collect_checks_every_run_before_it_copies_one(tmp_path, capsys):
+    rundir, metrics = tmp_path / "runs", tmp_path / "metrics"
+    rundir.mkdir()
+    for name in ("a", "b"):
+        (rundir / f"{name}.h5").write_bytes(b"")
+    (rundir / "a.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit) as e:
+        results.collect(rundir, ["a", "b"], metrics)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"results: error: run b: {rundir}/b.jsonl is missing (collect copies the " \
+                  "metrics a run wrote with --metrics b.jsonl)"
+    assert not metrics.exists()  # a's files were not copied either
+
+
 def test_the_committed_tables_are_what_the_manifest_generates(tmp_path):
     """docs/results.md and README.md hold exactly what `jobs/results.py tables` writes."""
     md, readme = tmp_path / "results.md", tmp_path / "README.md"
