@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rbd_hpc.cli import count
+
 BIN = Path(sys.executable).parent
 
 
@@ -43,8 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="fc-fmnist")
     p.add_argument("--method", default="rbd")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--threads-total", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--ranks", type=count, nargs="+", default=[1, 2])
+    p.add_argument("--threads-total", type=count, default=os.cpu_count() or 1)
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more rbd-hpc train options")
     args = p.parse_args()
     extra = [a for a in args.extra if a != "--"] or ["--epochs", "1"]

@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rbd_hpc.cli import count
+
 BIN = Path(sys.executable).parent
 PHASES = ("forward_backward", "method", "exchange", "bookkeeping")
 # steps per run: enough for a stable median, few enough for gaussian's ~100 ms and 200 ms steps
@@ -48,12 +50,16 @@ def run_once(model: str, kind: str, ranks: int, data_dir: str | None, extra: lis
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=[f"{m}:{k}" for m, k in STEPS])
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ranks", type=count, nargs="+", default=[1, 2])
+    p.add_argument("--repeats", type=count, default=3)
     p.add_argument("--data-dir")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more rbd-hpc train options")
     args = p.parse_args()
     configs = [tuple(c.split(":")) for c in args.configs]
+    for c, config in zip(args.configs, configs):
+        if config not in STEPS:
+            p.error(f"--configs {c!r} is not valid; choose from: "
+                    + ", ".join(f"{m}:{k}" for m, k in STEPS))
     extra = [a for a in args.extra if a != "--"]
     runs: dict[tuple, list[dict]] = {}
     for _ in range(args.repeats):

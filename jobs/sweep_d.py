@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from rbd_hpc.cli import count
 from rbd_hpc.config import TrainConfig
 from rbd_hpc.errors import UserError
 from rbd_hpc.launch import submit_array
@@ -31,9 +32,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/sweep-d")
     p.add_argument("--backend", default="slurm", choices=["slurm", "local"],
                    help="slurm (default; refused when no Slurm answers) or local (this machine)")
-    p.add_argument("--tasks", type=int, default=1)
+    p.add_argument("--tasks", type=count, default=1)
     p.add_argument("--partition")
-    p.add_argument("--time-min", type=int, default=120)
+    p.add_argument("--time-min", type=count, default=120)
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

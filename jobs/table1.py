@@ -35,6 +35,7 @@ import json
 import sys
 from pathlib import Path
 
+from rbd_hpc.cli import count
 from rbd_hpc.config import TrainConfig, read_config_file
 from rbd_hpc.errors import UserError
 from rbd_hpc.launch import submit_array
@@ -91,7 +92,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--models", nargs="+", default=["fc", "cnn"])
     p.add_argument("--methods", nargs="+", default=["nes", "fpd", "rbd", "sgd"])
-    p.add_argument("--nes-steps", type=int, help="cap NES runs at this many steps (NES costs d "
+    p.add_argument("--nes-steps", type=count, help="cap NES runs at this many steps (NES costs d "
                    "forward passes per step)")
     p.add_argument("--augment", action="store_true", help="the paper's augmentation")
     p.add_argument("--protocol", choices=["custom", "paper"], default="custom",
@@ -103,7 +104,7 @@ def main() -> None:
                    help="slurm (default; refused when no Slurm answers) or local (this machine)")
     p.add_argument("--config", help="TrainConfig fields from a TOML, YAML or JSON file, with "
                    "per-method tables")
-    p.add_argument("--tasks", type=int, default=1)
+    p.add_argument("--tasks", type=count, default=1)
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="override a config field (repeatable)")
     p.add_argument("--label", help="suffix for run files and the method column of a variant")

@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rbd_hpc.cli import count
+
 BIN = Path(sys.executable).parent
 PHASES = ("ms_forward_backward", "ms_method", "ms_bookkeeping")
 
@@ -42,9 +44,9 @@ def one_run(preset: str, threads: int, steps: int, extra: list[str], tmp: Path) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="fc-fmnist")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=count, default=1)
+    p.add_argument("--steps", type=count, default=400)
+    p.add_argument("--repeats", type=count, default=3)
     p.add_argument("--config", action="append", default=None,
                    help='train options of one RBD configuration (repeatable; default "--dist srht")')
     args = p.parse_args()

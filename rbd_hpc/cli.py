@@ -48,6 +48,15 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
 
 
+def count(text: str) -> int:
+    """argparse type for a count that must be ≥ 1 (ranks, repeats, steps, tasks) in the job
+    scripts, whose parsers otherwise take 0 or −1 and hang or fail later with a traceback."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a whole number ≥ 1")
+    return value
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -333,7 +342,8 @@ def cmd_bench(args) -> int:
         segments([("x", 1)], comp)
     require_choice("--model", args.model, MODELS)
     require_choice("--dataset", args.dataset, tuple(SHAPES))
-    check_option("svrg_every", args.svrg_every)
+    for name in ("d", "steps", "threads", "chunk", "svrg_every"):  # as train checks them
+        check_option(name, getattr(args, name))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
     rows = run_bench(args.model, args.dataset, args.d, dists, comps, steps=args.steps,

@@ -41,8 +41,8 @@ def replay_to(run: RunFile, target: int, method=None,
     ``on_step(steps_done, theta)`` is called after every applied step.
     """
     if not 0 <= target <= run.committed:
-        raise UserError(f"--step {target} is beyond the last committed step ({run.committed}); "
-                        f"valid: 0..{run.committed}")
+        where = "is negative" if target < 0 else f"is beyond the last committed step ({run.committed})"
+        raise UserError(f"--step {target} {where}; valid: 0..{run.committed}")
     method = method or method_for(run)
     start, theta, state = 0, run.theta0(), np.zeros(0)
     if not start_from_theta0:

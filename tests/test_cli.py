@@ -202,8 +202,15 @@ def test_bench_fpd_times_the_official_step_against_lis():
             assert (num - 0.005) / (li + 0.005) - 0.005 <= r <= (num + 0.005) / (li - 0.005) + 0.005
 
 
-def test_bench_bad_dist():
-    assert_user_error(run_cli("bench", "--dist", "normal"), "--dist 'normal'")
+@pytest.mark.parametrize("args,fragment", [
+    (["--dist", "normal"], "--dist 'normal'"),
+    (["--steps", "0"], "--steps 0 must be a positive number"),  # was a StatisticsError
+    (["--d", "0"], "--d 0 must be a positive number"),
+    (["--threads", "0"], "--threads 0 must be a positive number"),
+    (["--chunk", "-1"], "--chunk -1 must be a positive number"),
+])
+def test_bench_bad_arguments(args, fragment):
+    assert_user_error(run_cli("bench", *args), fragment)
 
 
 def test_plot_writes_pngs(tmp_path, idx_dir):

@@ -49,3 +49,25 @@ def test_table1_bad_set_is_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("table1: error:"), proc.stderr
         assert fragment in lines[0], lines[0]
         assert not list((tmp_path / "t").glob("*.h5"))
+
+
+def test_job_scripts_refuse_counts_below_one_before_any_work():
+    """The parsers took 0 or −1 and went on: scaling.py --ranks 0 hung in mpiexec -n 0,
+    --configs fc ended on a KeyError; the others started work before failing, if they did."""
+    for script, args, fragment in [
+            ("scaling.py", ["--ranks", "0"], "argument --ranks: 0 must be a whole number ≥ 1"),
+            ("scaling.py", ["--repeats", "-1"], "argument --repeats: -1 must be a whole number ≥ 1"),
+            ("scaling.py", ["--configs", "fc"], "--configs 'fc' is not valid; choose from: fc:srht"),
+            ("bench_ranks.py", ["--ranks", "1", "0"], "argument --ranks: 0 must be"),
+            ("bench_ranks.py", ["--threads-total", "0"], "argument --threads-total: 0 must be"),
+            ("train_ratio.py", ["--steps", "0"], "argument --steps: 0 must be"),
+            ("train_ratio.py", ["--repeats", "0"], "argument --repeats: 0 must be"),
+            ("sweep_d.py", ["--tasks", "0"], "argument --tasks: 0 must be"),
+            ("sweep_d.py", ["--time-min", "0"], "argument --time-min: 0 must be"),
+            ("table1.py", ["--nes-steps", "0"], "argument --nes-steps: 0 must be"),
+            ("table1.py", ["--tasks", "x"], "argument --tasks: invalid integer 'x'")]:
+        proc = subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (script, proc.stderr)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"{script}: error: ") and fragment in last, (script, last)

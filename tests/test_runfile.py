@@ -189,6 +189,7 @@ def test_bad_run_files(rbd_run, tmp_path):
         f.attrs["format_version"] = 99
     assert_user_error(run_cli("inspect", newer), "format version 99")
     assert_user_error(run_cli("replay", rbd_run, "--step", "46"), "beyond the last committed step (45)")
+    assert_user_error(run_cli("replay", rbd_run, "--step", "-1"), "--step -1 is negative; valid: 0..45")
 
 
 def test_sgd_runs_are_not_replayable_but_resumable(idx_dir, tmp_path):
