@@ -16,11 +16,12 @@ one-line message the CLI prints.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Callable
 
 from .checkpoint import load, model_for, weights_at
 from .comm import SingleProcess, create_communicator
-from .config import TrainConfig
+from .config import TrainConfig, check_option
 from .data import load_dataset
 from .errors import UserError
 from .runlog import RunFile
@@ -46,6 +47,9 @@ def fit(model: Callable | str, data: Callable | str, config: TrainConfig | dict 
     """Train ``model`` (a factory, a spec or a built-in name) on ``data`` (likewise); config
     fields come from ``config`` then ``options``. Returns the run's summary (final θ and
     scores). ``comm``: default MPI when launched under mpiexec/srun, else one process."""
+    if not (config is None or isinstance(config, (TrainConfig, Mapping))):
+        raise UserError(f"fit() config {config!r} is not valid; give a TrainConfig or a dict "
+                        "of its fields")
     fields = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
     fields.update(options)
     fields.update(model=_spec(model, "model"), dataset=_spec(data, "data"), preset=None)
@@ -60,6 +64,8 @@ def evaluate(run_path: str, step: int | None = None, data_dir: str | None = None
     """Validation and test loss and accuracy of a run's weights at ``step`` (default: its
     last), on the run's own data set and validation split; with the accuracy the run logged
     at that step, when it logged one."""
+    if batch is not None:
+        check_option("eval_batch_size", batch)
     with RunFile(run_path) as run:
         cfg = run.config()
         weights = weights_at(run, step)

@@ -16,6 +16,7 @@ are exact.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Callable
@@ -67,7 +68,11 @@ def weights_at(run: RunFile, step: int | None = None,
                on_step: Callable[[int, torch.Tensor], None] | None = None) -> Weights:
     """θ after ``step`` steps (default: the last committed) with the nearest snapshot's buffers;
     ``on_step`` is called after every replayed step (replay_to)."""
-    step = run.committed if step is None else step
+    if step is None:
+        step = run.committed
+    elif isinstance(step, bool) or not isinstance(step, numbers.Integral):  # the Python API's
+        raise UserError(f"--step {step!r} is not valid; give a whole number of steps")
+    step = int(step)
     snaps = [int(s) for s in run.snapshot_steps()]
     if run.replayable:
         theta = replay_to(run, step, on_step=on_step)

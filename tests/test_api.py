@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,24 @@ def test_fit_refuses_a_factory_nobody_else_can_import(tmp_path):
         rbd_hpc.fit(lambda: torch.nn.Linear(16, 4), DATA, lr=0.1, steps=1,
                     out=str(tmp_path / "x.h5"))
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_api_arguments_of_the_wrong_kind_are_user_errors(tmp_path):
+    """Were a TypeError each (an int config; a str step compared with the committed count)."""
+    with pytest.raises(UserError, match="fit\\(\\) config 42 is not valid; give a TrainConfig"):
+        rbd_hpc.fit(MODEL, DATA, 42, out=str(tmp_path / "x.h5"))
+    assert not (tmp_path / "x.h5").exists()
+    run = tmp_path / "r.h5"
+    rbd_hpc.fit(MODEL, DATA, {"lr": 0.05, "steps": 2, "d": 8, "val_size": 64}, out=str(run))
+    for kwargs, message in [({"step": "x"}, "--step 'x' is not valid; give a whole number"),
+                            ({"step": True}, "--step True is not valid"),
+                            ({"step": -1}, "--step -1 is negative; valid: 0..2"),
+                            ({"batch": -1}, "--eval-batch-size -1 must be a positive number")]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            rbd_hpc.evaluate(str(run), **kwargs)
+    assert rbd_hpc.evaluate(str(run), step=np.int64(1))["step"] == 1
+    with pytest.raises(UserError, match="--step 2.0 is not valid"):
+        rbd_hpc.load(str(run), step=2.0)
 
 
 @pytest.mark.parametrize("model, data, fragments", [
