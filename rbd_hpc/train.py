@@ -154,6 +154,10 @@ def restore(s: Session, path: str) -> ResumePoint:
     """Rank 0 reads the resume point from the run file; every rank receives it once."""
     def read() -> ResumePoint:
         with RunFile(path) as run:
+            if run.committed > s.total:  # was taken, printing "resuming at step 4/2"
+                raise UserError(f"--resume {path}: the run has {run.committed} steps committed, "
+                                f"more than the {s.total} this config runs; a run is not "
+                                "shortened (rbd-hpc replay --step N gives θ after N steps)")
             return resume_point(run, s.method, s.has_buffers, s.stream.period,
                                 s.cfg.svrg_every)
     point = on_root(s.comm, read)

@@ -192,6 +192,16 @@ def test_bad_run_files(rbd_run, tmp_path):
     assert_user_error(run_cli("replay", rbd_run, "--step", "-1"), "--step -1 is negative; valid: 0..45")
 
 
+def test_a_resume_does_not_shorten_a_run(rbd_run, idx_dir, tmp_path):
+    """--steps below the committed count was taken ("resuming … at step 45/44") and did nothing."""
+    shorter = copy(rbd_run, tmp_path / "shorter.h5")
+    before = shorter.read_bytes()
+    assert_user_error(train(idx_dir, shorter, "--resume", shorter, "--steps", "44", check=False),
+                      "the run has 45 steps committed, more than the 44 this config runs",
+                      "replay --step N")
+    assert shorter.read_bytes() == before
+
+
 def test_sgd_runs_are_not_replayable_but_resumable(idx_dir, tmp_path):
     out = tmp_path / "sgd.h5"
     train(idx_dir, out, "--method", "sgd", "--steps", "10")
