@@ -196,7 +196,8 @@ def load_dataset(name: str, data_dir: str | None, seed: int, val_size: int = 500
     require_choice("data set", name, DATASETS)
     directory, where = resolve_data_dir(name, data_dir)
     if not directory.is_dir():
-        raise UserError(f"data directory {directory} (from {where}) does not exist")
+        what = "is a file, not a directory" if directory.exists() else "does not exist"
+        raise UserError(f"data directory {directory} (from {where}) {what}")
     train, test = (load_cifar10 if name == "cifar10" else load_idx_dataset)(directory, where)
     return hold_out(name, train, test, seed, val_size, Inputs(standardize=name == "cifar10"),
                     str(directory))

@@ -62,6 +62,18 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
     return label
 
 
+ROW_KEYS = ("step", "epoch", "train_loss", "val_acc", "test_acc", "ms_per_step")  # read below
+
+
+def check_rows(path: Path, rows: list) -> None:
+    """A metrics file's rows carry what the plots read (each was a KeyError otherwise)."""
+    for i, row in enumerate(rows, 1):
+        missing = [k for k in ROW_KEYS if k not in row] if isinstance(row, dict) else ROW_KEYS
+        if missing:
+            raise UserError(f"metrics file {path}: line {i} has no {', '.join(missing)}; plot "
+                            "reads the rows rbd-hpc train writes with --metrics")
+
+
 def load_runs(paths: list[str], labels: list[str] | None = None) -> list[dict]:
     if labels and len(labels) != len(paths):
         raise UserError(f"{len(labels)} --label value(s) for {len(paths)} input(s); give one "
@@ -74,6 +86,7 @@ def load_runs(paths: list[str], labels: list[str] | None = None) -> list[dict]:
                 rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             except (OSError, json.JSONDecodeError) as e:
                 raise UserError(f"cannot read metrics file {path}: {e}") from None
+            check_rows(path, rows)
             runs.append({"label": path.stem, "rows": rows, "config": {}, "path": path})
         else:
             with RunFile(path) as run:

@@ -385,6 +385,9 @@ class RunFile:
             raise UserError(f"run file {self.path} does not exist" if not self.path.exists()
                             else f"run file {self.path} is not a file")
         if not h5py.is_hdf5(self.path):
+            if self.path.suffix in (".pt", ".npz"):  # replay --out's checkpoints: one step only
+                raise UserError(f"{self.path} is a checkpoint, not a run file: this command reads "
+                                "the run file (.h5); rbd_hpc.load reads a checkpoint")
             raise UserError(f"{self.path} is not an HDF5 file (or it is truncated)")
         self.f = _open_h5(self.path)
         try:

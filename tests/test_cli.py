@@ -273,6 +273,11 @@ def test_plot_bad_input(tmp_path):
     bad = tmp_path / "x.jsonl"
     bad.write_text("{not json")
     assert_user_error(run_cli("plot", bad), "cannot read metrics file")
+    for text, missing in [('{"epoch": 1}\n', "line 1 has no step, train_loss, val_acc"),
+                          ("[1]\n", "line 1 has no step, epoch,")]:  # were a KeyError, a TypeError
+        bad.write_text(text)
+        assert_user_error(run_cli("plot", bad, "--out", tmp_path / "p"),
+                          f"metrics file {bad}: {missing}", "--metrics")
 
 
 def test_plot_labels_tell_runs_apart():

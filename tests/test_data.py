@@ -55,6 +55,12 @@ def test_missing_file_names_file_and_place(tmp_path):
         data.load_dataset("fmnist", str(d), seed=0, val_size=2)
 
 
+def test_a_data_dir_that_is_a_file_is_named_so(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match=r"data directory .*f \(from --data-dir\) is a file, not a directory"):
+        data.load_dataset("fmnist", str(tmp_path / "f"), seed=0)
+
+
 def test_corrupt_files(tmp_path):
     d = make_idx_dir(tmp_path, n_train=20, n_test=5)
     p = d / "train-images-idx3-ubyte.gz"

@@ -179,6 +179,11 @@ def test_bad_run_files(rbd_run, tmp_path):
     for cmd in ("replay", "inspect"):
         assert_user_error(run_cli(cmd, text), "is not an HDF5 file")
     assert_user_error(run_cli("inspect", tmp_path / "absent.h5"), "does not exist")
+    checkpoint = tmp_path / "w.npz"
+    assert run_cli("replay", rbd_run, "--step", "3", "--out", checkpoint).returncode == 0
+    for cmd in ("eval", "inspect"):  # a checkpoint where a run file belongs: said so
+        assert_user_error(run_cli(cmd, checkpoint), "w.npz is a checkpoint, not a run file",
+                          "rbd_hpc.load")
     truncated = tmp_path / "trunc.h5"
     truncated.write_bytes(rbd_run.read_bytes()[: rbd_run.stat().st_size // 3])
     proc = run_cli("replay", truncated, "--verify")
