@@ -177,8 +177,13 @@ def test_two_writers_can_never_both_succeed(idx_dir, tmp_path):
         first.communicate(timeout=60)
     assert first.returncode == 3  # SIGTERM: committed and stopped
     assert not (tmp_path / "live.h5.lock").exists()
-    proc = quick("train", "--resume", out, "--steps", "20", "--data-dir", idx_dir, "--no-progress")
+    with RunFile(out) as r:
+        done = r.committed
+    proc = quick("train", "--resume", out, "--steps", str(done + 5), "--data-dir", idx_dir,
+                 "--no-progress")
     assert proc.returncode == 0, proc.stderr  # the lock went with its holder
+    with RunFile(out) as r:
+        assert r.committed == done + 5
 
 
 def test_simultaneous_new_runs_on_one_file_leave_one_writer(idx_dir, tmp_path):
