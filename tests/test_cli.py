@@ -260,7 +260,8 @@ def test_plot_groups_only_equal_lengths_and_never_repeats_a_label(tmp_path):
     for name in ("one", "two"):
         metrics.append(tmp_path / name / "m.jsonl")
         metrics[-1].parent.mkdir()
-        metrics[-1].write_text(json.dumps({"epoch": 1, "step": 5, "test_acc": 0.1}) + "\n")
+        metrics[-1].write_text(json.dumps({"epoch": 1, "step": 5, "train_loss": 2.0, "val_acc": 0.1,
+                                           "test_acc": 0.1, "ms_per_step": 1.0}) + "\n")
     # same label and same file name: the paths as given tell them apart
     assert [r["label"] for r in load_runs(metrics)] == [f"m ({m})" for m in metrics]
     assert [r["label"] for r in load_runs(metrics, ["A", "B"])] == ["A", "B"]
