@@ -1,5 +1,5 @@
-"""numba kernels of generation 2 (kernels.py documents them): the Philox4x32-10 cipher and the
-ziggurat normal sampler.
+"""numba kernels of generations 2 and 3 (kernels.py documents them): the Philox4x32-10 cipher,
+the ziggurat normal sampler, and the in-order sums of dense directions.
 
 A module of its own, imported on first use, so that numba (0.5 s to import) loads only in
 processes that draw gaussian or srht directions; module-level functions, so that numba's
@@ -207,3 +207,29 @@ def srht_rows(k0, k1, stream, step, first, row_word, lengths, first_key, out):
             beta = np.int64(c[1]) % n
             for t in range(out.shape[2]):
                 out[k, b, t] = (((first_key + t) % n) ^ beta) * alpha % n
+
+
+@numba.njit(cache=True)
+def combine_rows(c, phi, out):
+    """out = c[0]·phi[0] + c[1]·phi[1] + … (float32), added in direction order, every product
+    and every sum rounded to float32 on its own: numba contracts nothing into a fused
+    multiply-add without fastmath, so every SIMD width (SSE, AVX2, AVX-512) gives the bits of
+    the scalar loop. A BLAS gemv (c @ Φ) blocks the sum by the CPU's vector width instead."""
+    for j in range(out.shape[0]):
+        out[j] = np.float32(0.0)
+    for i in range(phi.shape[0]):
+        ci = c[i]
+        for j in range(phi.shape[1]):
+            out[j] += ci * phi[i, j]
+
+
+@numba.njit(cache=True)
+def row_norms(phi, out):
+    """out[i] = √(Σ_j phi[i, j]²) with the squares summed in float64 in index order, then
+    rounded to float32 (ATen's norm reduces by vector width)."""
+    for i in range(phi.shape[0]):
+        acc = 0.0
+        for j in range(phi.shape[1]):
+            x = np.float64(phi[i, j])
+            acc += x * x
+        out[i] = np.float32(np.sqrt(acc))

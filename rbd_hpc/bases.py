@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from .errors import UserError, require_choice
-from .kernels import (CURRENT, KERNELS, fold, fwht_butterfly, fwht_inplace, fwht_radix16,
-                      gaussian_rows, scatter_folded, srht_rows, srht_signed_scales,
-                      sum_in_order)
+from .kernels import (CURRENT, KERNELS, combine_in_order, fold, fwht_butterfly, fwht_inplace,
+                      fwht_radix16, gaussian_rows, row_norms, scatter_folded, srht_rows,
+                      srht_signed_scales, sum_in_order)
 from .seeds import Stream, derive_seeds, root_key
 
 DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht", "smooth:SIGMA")
@@ -80,11 +80,18 @@ def _key_and_sign(indices: range, antithetic: bool):
     return idx // 2, 1.0 - 2.0 * (idx % 2).to(torch.float32)
 
 
-def fill_direction(dist: str, gen: torch.Generator, out: torch.Tensor) -> None:
+def fill_direction(dist: str, gen: torch.Generator, out: torch.Tensor,
+                   kernels: int = CURRENT) -> None:
     """Fill ``out`` (1-D) with one direction of zero mean and unit variance per entry."""
     n = out.numel()
     if dist == "gaussian":
         torch.randn(n, generator=gen, out=out, dtype=out.dtype, device=out.device)
+    elif dist == "uniform" and kernels >= 3:
+        # U(−√3, √3) as 2√3·u − √3 in two rounded steps: torch's uniform_(a, b) computes
+        # u·(b − a) + a, which its AVX2 kernels fuse into one multiply-add and its baseline
+        # kernels do not; u·1 + 0 is exact either way
+        out.uniform_(0.0, 1.0, generator=gen)
+        out.mul_(2.0 * _SQRT3).sub_(_SQRT3)
     elif dist == "uniform":
         # U(−√3, √3): zero mean, unit variance
         out.uniform_(-_SQRT3, _SQRT3, generator=gen)
@@ -108,12 +115,19 @@ def fill_direction(dist: str, gen: torch.Generator, out: torch.Tensor) -> None:
 
 
 class DenseChunk:
-    """Directions of indices ``indices`` of one compartment, held as a matrix Φ (m × size)."""
+    """Directions of indices ``indices`` of one compartment, held as a matrix Φ (m × size).
 
-    def __init__(self, compartment: int, indices: range, phi: torch.Tensor):
+    ``in_order`` (generation 3): combine adds c_i φ_i in direction order, the same bits on
+    every CPU (kernels.combine_in_order); otherwise (generations 1 and 2) through BLAS.
+    Coefficients that require a gradient (the coordinates-as-parameters path) always go
+    through the matrix product, which autograd differentiates."""
+
+    def __init__(self, compartment: int, indices: range, phi: torch.Tensor,
+                 in_order: bool = False):
         self.compartment = compartment
         self.indices = indices
         self.phi = phi
+        self.in_order = in_order
 
     @property
     def n_coefficients(self) -> int:
@@ -123,6 +137,8 @@ class DenseChunk:
         return self.phi @ g
 
     def combine(self, c: torch.Tensor) -> torch.Tensor:
+        if self.in_order and not c.requires_grad:
+            return combine_in_order(c, self.phi)
         return c @ self.phi
 
 
@@ -488,7 +504,8 @@ class Basis:
         for lo in range(indices.start, indices.stop, chunk_size):
             sub = range(lo, min(lo + chunk_size, indices.stop))
             buf = self._scratch(len(sub), size) if reuse else None
-            yield DenseChunk(compartment, sub, self.dense(key_step, compartment, size, sub, out=buf))
+            yield DenseChunk(compartment, sub, self.dense(key_step, compartment, size, sub, out=buf),
+                             in_order=self.config.kernels >= 3)
 
     def _scratch(self, rows: int, size: int) -> torch.Tensor:
         """A reusable (rows × size) buffer; valid until the next chunk is generated."""
@@ -518,19 +535,24 @@ class Basis:
             exact = cfg.normalize == "exact"
             gaussian_rows(phi.numpy(), seeds, 1.0 if exact else 1.0 / math.sqrt(size))
             if exact:
-                phi /= phi.norm(dim=1, keepdim=True)
+                phi /= self._norms(phi)
         else:
             gen = torch.Generator(device=self.device)
             for row, seed in enumerate(seeds):
                 gen.manual_seed(int(seed))
-                fill_direction(cfg.dist, gen, phi[row])
+                fill_direction(cfg.dist, gen, phi[row], cfg.kernels)
             if cfg.normalize == "exact":
-                phi /= phi.norm(dim=1, keepdim=True)
+                phi /= self._norms(phi)
             else:
                 phi *= 1.0 / math.sqrt(size)
         if sign is not None:
             phi *= sign.to(phi.device, phi.dtype).unsqueeze(1)
         return phi
+
+    def _norms(self, phi: torch.Tensor) -> torch.Tensor:
+        """‖φ_i‖ as a column: in index order from generation 3 on (kernels.row_norms)."""
+        norms = row_norms(phi) if self.config.kernels >= 3 else phi.norm(dim=1)
+        return norms.unsqueeze(1)
 
     def srht_chunk(self, key_step: int, compartment: int, size: int, indices: range,
                    count: int = 1) -> SRHTChunk:

@@ -146,8 +146,9 @@ class TrainConfig:
                             choices=("expected", "exact"))
     antithetic: bool = option(False, "directions in pairs (φ, −φ)")
     kernels: int = option(CURRENT, "the arithmetic that makes directions, by generation "
-                          "(kernels.py): 2 is the fast one; 1 reproduces run files of rbd-hpc "
-                          "0.1 (format 2), which keep it on resume and replay", choices=KERNELS)
+                          "(kernels.py): 3 sums dense directions in an order no CPU feature "
+                          "changes; 2 is the one before; 1 reproduces run files of rbd-hpc 0.1 "
+                          "(format 2). A run file keeps its generation on resume and replay", choices=KERNELS)
     compartments: str = option("network", "how θ is split: network, layer, tensor or block:N")
     allocate: str = option("size", "split --d over compartments: size (d_k ∝ D_k), sqrt, equal, "
                            "or power:P (d_k ∝ D_k^P)")
@@ -288,8 +289,10 @@ class TrainConfig:
                        "network)")
         elif directions and self.compartments != "network" and self.allocate != "size":
             out.append(f"--allocate {self.allocate} (paper: one compartment)")  # how d is split
-        if self.kernels != CURRENT and directions:
-            out.append(f"--kernels {self.kernels} (other rounding of the same directions)")
+        if self.kernels == 1 and directions:
+            # generations 2 and 3 differ only in the order of one sum of dense directions;
+            # rbd-hpc 0.1's generation 1 draws gaussian directions from another sampler
+            out.append("--kernels 1 (rbd-hpc 0.1's arithmetic for the same directions)")
         return out
 
     @property

@@ -46,6 +46,7 @@ def describe(path: str) -> tuple[str, dict]:
             "full_checkpoint_bytes": 4 * D, "snapshots": snaps, "replayable": run.replayable,
             "final_metrics": metrics[-1] if metrics else None, "config": cfg,
             "protocol": config.protocol, "deviations": config.deviations(),
+            "platforms": json.loads(str(run.attrs.get("platforms", "[]"))),
         }
     final = info["final_metrics"]
     lines = [
@@ -66,6 +67,9 @@ def describe(path: str) -> tuple[str, dict]:
         *([compartment_line(cfg, run.layout["compartments"], info["mode"], info["world_size"])]
           if run.layout.get("compartments") else []),
         f"committed     {run.committed} steps",
+        "trained on    " + ("; ".join(f"{p} (from step {at})" for at, p in info["platforms"])
+                            if info["platforms"] else "not recorded (written before rbd-hpc "
+                            "recorded platforms)"),
         f"size on disk  {size:,} bytes",
         f"per step      {per_step:,.0f} bytes stored vs {4 * D:,} for a full checkpoint "
         f"({per_step / (4 * D):.2%})" if run.committed and n_coef else

@@ -9,7 +9,7 @@ Generation 1 (rbd-hpc 0.1 run files):
   * srht: radix-16 transform passes, each a batched matmul by H_16; the scale 1/√S applied to
     the coefficients; coefficients scatter-added onto their Hadamard rows.
   * gaussian: torch's CPU generator seeded per direction, then scaled by 1/√S.
-Generation 2 (current):
+Generation 2:
   * srht: radix-2 butterflies (a + b, a − b), levels in ascending order (h = 1, 2, 4, …) —
     the textbook FWHT. Every output is a fixed sequence of IEEE float32 additions, so a
     vectorised kernel that keeps the level order gives the bits of the plain reference
@@ -21,6 +21,16 @@ Generation 2 (current):
     256-layer ziggurat, scaled as each is drawn (``gaussian_rows``, compiled with numba in
     _jit.py); about twice torch's sampler.
   * signs and row maps come from the compiled Philox (the words seeds.random_words gives).
+Generation 3 (current): generation 2, except that dense directions (gaussian, rademacher,
+uniform) are combined and normalised in a fixed order that no CPU feature changes:
+  * Σ_i c_i φ_i adds the products in direction order, each product and each sum rounded to
+    float32 (``combine_in_order``), where generation 2 called BLAS (``c @ Φ``), whose
+    blocking follows the CPU's vector width: a generation-2 gaussian run trained on an
+    AVX-512 node fails ``replay --verify`` on an AVX2 node, a generation-3 run does not
+    (tests/test_platform.py replays one under other MKL and ATen instruction sets).
+  * ``--normalize exact`` divides by √(Σ φ²) summed in float64 in index order (``row_norms``)
+    instead of ATen's vectorised norm.
+  srht arithmetic is the same as generation 2's (butterflies and in-order folds already are).
 """
 from __future__ import annotations
 
@@ -29,8 +39,8 @@ import functools
 import numpy as np
 import torch
 
-KERNELS = (1, 2)
-CURRENT = 2
+KERNELS = (1, 2, 3)
+CURRENT = 3
 
 
 # ---- Walsh–Hadamard transforms ------------------------------------------------------------
@@ -194,6 +204,37 @@ def srht_signed_scales(k0: int, k1: int, stream: int, step: int, first: int, sca
     """out[k] ← ±scale per parameter from compartment first + k's srht sign bits."""
     _compiled().signed_scales(np.uint64(k0), np.uint64(k1), int(stream), int(step), int(first),
                               np.float32(scale), out)
+
+
+def combine_in_order(c: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Generation 3's Σ_i c_i φ_i for dense directions Φ (m × n): products added in direction
+    order, each rounded to the dtype (the compiled loop on the CPU for float32, the
+    reference otherwise; the two agree bit for bit)."""
+    if (phi.device.type == "cpu" and phi.dtype == torch.float32 and phi.is_contiguous()
+            and c.device.type == "cpu"):
+        out = np.empty(phi.shape[1], dtype=np.float32)
+        coefficients = np.ascontiguousarray(c.detach().numpy(), dtype=np.float32)
+        _compiled().combine_rows(coefficients, phi.numpy(), out)
+        return torch.from_numpy(out)
+    return combine_in_order_reference(c, phi)
+
+
+def combine_in_order_reference(c: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """The same sum as one elementwise multiply and one add per direction (any device)."""
+    out = torch.zeros(phi.shape[1], dtype=phi.dtype, device=phi.device)
+    for i in range(phi.shape[0]):
+        out.add_(phi[i] * c[i].to(phi.device, phi.dtype))
+    return out
+
+
+def row_norms(phi: torch.Tensor) -> torch.Tensor:
+    """‖φ_i‖ of every row, summed in float64 in index order (generation 3, CPU float32):
+    the same bits on every CPU; other devices and dtypes use torch's norm."""
+    if phi.device.type == "cpu" and phi.dtype == torch.float32 and phi.is_contiguous():
+        out = np.empty(phi.shape[0], dtype=np.float32)
+        _compiled().row_norms(phi.numpy(), out)
+        return torch.from_numpy(out)
+    return phi.norm(dim=1)
 
 
 def sum_in_order(a: np.ndarray) -> np.ndarray:

@@ -21,7 +21,8 @@ from .errors import UserError
 from .methods import StepResult
 from .models import buffers_vector
 from .progress import StepProgress, clock
-from .runlog import METRIC_COLUMNS, RunFile, RunWriter, run_attrs
+from .runlog import (METRIC_COLUMNS, RunFile, RunWriter, platform_change_note, platforms_after,
+                     run_attrs)
 
 COMMIT_SECONDS = 0.5  # commit buffered rows at least this often: a kill loses < 0.5 s of work
 
@@ -140,6 +141,9 @@ class Recorder:
                          f"{run.stream.epochs_at(start):.2f}): "
                          + ("θ replayed from its rows" if point.replayed else
                             "θ from the snapshot of that step"))
+            if self.writer is not None and len(self.platforms) > 1 and \
+                    self.platforms[-1][0] == start:
+                self.bar.log(platform_change_note(self.platforms, cfg.kernels))
 
     def _open_writer(self, out: str, resume: bool) -> RunWriter:
         run = self.run
@@ -149,6 +153,8 @@ class Recorder:
                           run.method.n_coefficients, run.method.logs_coefficients)
         existing = RunFile(out) if resume else None
         theta0 = existing.theta0() if existing else run.theta0
+        self.platforms = platforms_after(existing, self.start if resume else None)
+        attrs["platforms"] = json.dumps(self.platforms)
         try:
             writer = RunWriter(out, attrs, theta0, run.method.n_coefficients,
                                buffers_vector(run.model).size, run.state_size, existing=existing,

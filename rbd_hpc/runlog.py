@@ -1,12 +1,12 @@
 """The HDF5 run file: θ0, seed schedule (config), coefficient history, snapshots.
 
-Layout (format version 3; see docs/runfile.md):
+Layout (format version 5; see docs/runfile.md):
 
   /                       attrs: format_version, config (JSON), root_seed, package_version,
                           torch_version, device_type, world_size, mode, method,
                           param_layout (JSON), buffer_layout (JSON), n_coefficients,
                           replayable, created, header_crc32 (over the attributes replay
-                          depends on)
+                          depends on), platforms (JSON [[first step, CPU kind], …]; format 5)
   /theta0                 (D,) float32, attrs crc32
   /steps/step             (n,) int64          one row per training step
   /steps/lr               (n,) float64        the learning rate applied
@@ -34,12 +34,13 @@ Readers open defensively: a plain open first (it checks the end-of-file address,
 truncated file fails at once); only a file whose writer is live or was killed (HDF5's "open
 for write" flag) is opened in SWMR mode, after the end-of-file check is done here. The commit
 marker and every length are checked against the data present. Format 1 files (checksums over
-the coefficients and θ only) are read and resumed; a resume writes format 4. Formats 3 and 4
+the coefficients and θ only) are read and resumed; a resume writes format 5. Formats 3 to 5
 differ from 2 only in their config: format 3 names the kernel generation of its directions
 (``kernels``, kernels.py; a format-1 or -2 file is generation 1), format 4 the protocol and
 the NES, RigL and FPD variants (``protocol``, ``nes``, ``mask_update``, ``fpd``; a file of
-format 3 or older is ``custom``, ``same-batch``, ``rbd-hpc-0.1`` and ``li``). An old file
-keeps them on resume.
+format 3 or older is ``custom``, ``same-batch``, ``rbd-hpc-0.1`` and ``li``), format 5 may
+hold kernel generation 3 and records the CPU kind of every stretch of steps (``platforms``,
+absent from older files). An old file keeps its settings on resume.
 
 One writer per run file: ``RunLock`` holds an exclusive flock on ``RUN.h5.lock`` for as long
 as a process writes the run file (a new run, or a resume).
@@ -53,6 +54,7 @@ import fcntl
 import json
 import math
 import os
+import platform
 import re
 import socket
 import time
@@ -67,7 +69,7 @@ from . import __version__
 from .config import TrainConfig
 from .errors import UserError
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # the attributes that replay and resume read, covered by header_crc32 (format 2)
 HEADER_ATTRS = ("config", "param_layout", "buffer_layout", "world_size", "mode", "method",
                 "n_coefficients", "replayable")
@@ -548,6 +550,45 @@ def _json_attr(run: RunFile, name: str, kind: type, text: str | None = None):
         raise UserError(f"run file {run.path}: attribute {name} is a JSON "
                         f"{type(value).__name__}, not an object")
     return value
+
+
+def platform_description() -> str:
+    """The CPU kind that decides a training step's rounding: the architecture, the CPU model
+    and the instruction set ATen dispatches to (oneDNN's convolutions and MKL's products follow
+    the CPU too), and torch's version. Two nodes with the same description take the same
+    bits; a kernel-generation-3 run replays bitwise on any (docs/runfile.md)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith(("model name", "Model name"))), model)
+    except OSError:
+        pass
+    return (f"{platform.machine()} {model} ({torch.backends.cpu.get_cpu_capability()}), "
+            f"torch {torch.__version__}")
+
+
+def platforms_after(existing: "RunFile | None", resume_at: int | None) -> list:
+    """The run file's record of where its steps were trained, [[first step, platform], …]:
+    a new run's one entry, or the continued file's list with this node appended when it
+    differs (a file written before the record existed starts with an unknown platform)."""
+    here = platform_description()
+    if existing is None:
+        return [[0, here]]
+    past = json.loads(str(existing.attrs.get("platforms", json.dumps([[0, "unknown"]]))))
+    past = [entry for entry in past if entry[0] < resume_at] or [[0, "unknown"]]
+    return past if past[-1][1] == here else past + [[int(resume_at), here]]
+
+
+def platform_change_note(platforms: list, kernels: int) -> str:
+    """The one line a resume on another kind of CPU prints (``platforms_after``'s list)."""
+    (_, before), (at, here) = platforms[-2], platforms[-1]
+    replay = ("replay --verify holds on any CPU (kernel generation 3)" if kernels >= 3 else
+              f"replay --verify of this kernel-generation-{kernels} run may need the CPU kind "
+              "it was trained on")
+    return (f"note: the steps before {at} were trained on {before}; this node is {here}, whose "
+            "kernels round differently: the steps from here on continue the run validly, but "
+            f"not with the bits an uninterrupted run would have taken; {replay}")
 
 
 def run_attrs(config_json: str, root_seed: int, world_size: int, mode: str, method: str,

@@ -49,7 +49,8 @@ class FixedProjectionDescent(RandomBasesDescent):
             lo = cursor[0]
             cursor[0] += chunk.n_coefficients
             return self.previous[lo:cursor[0]]
-        apply_step(shift, self._chunks(0), -1.0, coefficients_for)
+        apply_step(shift, self._chunks(0), -1.0, coefficients_for,
+                   unfused=self.basis.config.kernels >= 3)
         self._shift = shift
         return shift
 

@@ -151,4 +151,5 @@ class RandomBasesDescent(Velocity):
         (``combined``: see ``apply_step``)."""
         velocity = self.velocity_for(theta) if self.momentum else None
         return apply_step(theta, self._chunks(step) if chunks is None else chunks, lr,
-                          coefficients_for, velocity, self.momentum, self.weight_decay, combined)
+                          coefficients_for, velocity, self.momentum, self.weight_decay, combined,
+                          unfused=self.basis.config.kernels >= 3)

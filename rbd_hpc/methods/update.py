@@ -70,10 +70,22 @@ def decay_(theta: torch.Tensor, lr: float, weight_decay: float) -> None:
         theta.mul_(1.0 - lr * weight_decay)
 
 
+def add_scaled_(target: torch.Tensor, x: torch.Tensor, alpha: float, unfused: bool) -> None:
+    """target += alpha · x. ``unfused`` (kernel generation 3) rounds the product before the
+    sum: ATen's add_(x, alpha=a) is one fused multiply-add in its AVX2 and AVX-512 kernels
+    and two rounded steps in its baseline kernel, so only the unfused form gives the same
+    bits on every CPU (a rate that is a power of two rounds identically either way)."""
+    if unfused:
+        target.add_(x * alpha)
+    else:
+        target.add_(x, alpha=alpha)
+
+
 def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
                coefficients_for: Callable[[slice, object], torch.Tensor],
                velocity: torch.Tensor | None = None, momentum: float = 0.0,
-               weight_decay: float = 0.0, combined: torch.Tensor | None = None) -> torch.Tensor:
+               weight_decay: float = 0.0, combined: torch.Tensor | None = None,
+               unfused: bool = False) -> torch.Tensor:
     """θ_k ← θ_k − η Σ_i c_i φ_i chunk by chunk; returns the coefficients applied (float32).
 
     ``coefficients_for(span, chunk)`` supplies the chunk's coefficients: in training it
@@ -89,6 +101,8 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
 
     With ``combined`` (zeros of θ's shape), Σ_i c_i φ_i is also added into it, chunk by chunk
     from the same products: the official FPD's next forward shift, with no second pass.
+
+    ``unfused``: every scaled add rounds its product first (``add_scaled_``; generation 3).
     """
     decay_(theta, lr, weight_decay)
     if velocity is None:
@@ -99,12 +113,12 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     for span, chunk in chunks:
         c = coefficients_for(span, chunk).to(torch.float32)
         direction = chunk.combine(c)
-        target[span].add_(direction, alpha=scale)
+        add_scaled_(target[span], direction, scale, unfused)
         if combined is not None:
             combined[span].add_(direction)
         applied.append(c)
     if velocity is not None:
-        theta.add_(velocity, alpha=-lr)
+        add_scaled_(theta, velocity, -lr, unfused)
     if not applied:
         return torch.zeros(0, dtype=torch.float32)
     return torch.cat(applied)
