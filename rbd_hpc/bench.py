@@ -32,7 +32,8 @@ from .bases import Basis, BasisConfig, power_of_two_blocks, smooth_image_layers
 from .comm import SingleProcess
 from .compartments import build_compartments
 from .data import SHAPES, Split
-from .kernels import fwht_backend, fwht_butterfly, fwht_inplace, fwht_radix16, gaussian_rows
+from .kernels import (combine_in_order, fwht_backend, fwht_butterfly, fwht_inplace, fwht_radix16,
+                      gaussian_rows)
 from .methods import SGD, FixedProjectionDescent, RandomBasesDescent
 from .models import FlatParameters, build_model
 from .svrg import Anchor
@@ -259,8 +260,10 @@ def kernel_table(repeats: int = 30) -> list[tuple[str, float]]:
     """ns per element of the kernels directions are made of, next to what the memory allows:
     interleaved medians of a float32 copy in cache (2¹⁷ elements, 512 KB) and out of it (2²⁴,
     64 MB), the transforms of 2¹⁷ elements (in place: the fast one, generation 1's radix-16
-    matmuls, the reference butterflies) and the normal samplers (ours; generation 1's
-    torch.randn per direction), on the current thread count."""
+    matmuls, the reference butterflies), the normal samplers (ours; generation 1's
+    torch.randn per direction) and the two sums of 50 dense directions Σ c_i φ_i (generation
+    3's in-order loop; BLAS's gemv, generations 1 and 2), per element of Φ, on the current
+    thread count."""
     rng = np.random.default_rng(0)
     small = rng.standard_normal(1 << 17).astype(np.float32)
     large = rng.standard_normal(1 << 24).astype(np.float32)
@@ -269,6 +272,8 @@ def kernel_table(repeats: int = 30) -> list[tuple[str, float]]:
     seeds = np.arange(4, dtype=np.uint64) + 1
     gen = torch.Generator()
     torch_rows = torch.empty((4, 1 << 17))
+    phi = torch.from_numpy(rng.standard_normal((50, 1 << 17)).astype(np.float32))
+    coefficients = torch.from_numpy(rng.standard_normal(50).astype(np.float32))
 
     def torch_normals():
         for r in range(4):
@@ -284,6 +289,9 @@ def kernel_table(repeats: int = 30) -> list[tuple[str, float]]:
                                          small.size),
         "normals, Philox+ziggurat (gen. 2)": (lambda: gaussian_rows(rows, seeds), rows.size),
         "normals, torch.randn (gen. 1)": (torch_normals, rows.size),
+        "sum of 50 directions, in order (gen. 3)": (
+            lambda: combine_in_order(coefficients, phi), phi.numel()),
+        "sum of 50 directions, BLAS (gen. 1, 2)": (lambda: coefficients @ phi, phi.numel()),
     }
     times: dict[str, list[float]] = {k: [] for k in kernels}
     for r in range(repeats + 2):

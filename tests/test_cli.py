@@ -181,10 +181,12 @@ def test_bench_ceilings_and_kernels_show_what_a_step_is_made_of():
     assert rows == ["sgd", "rbd-gaussian", "rbd-gaussian: directions only",
                     "rbd-gaussian: sampling only", "rbd-srht", "rbd-srht: directions only",
                     "rbd-srht: signs+rows+2 fwht"]
-    kernels = proc.stdout.split("# kernels alone")[1].splitlines()[1:8]
+    kernels = proc.stdout.split("# kernels alone")[1].splitlines()[1:10]
     names = [re.split(r"\s{2,}", line)[0] for line in kernels]
     assert names[2] == "fwht 2^17, fht_cpu (AVX butterflies)"
-    assert names[5:] == ["normals, Philox+ziggurat (gen. 2)", "normals, torch.randn (gen. 1)"]
+    assert names[5:] == ["normals, Philox+ziggurat (gen. 2)", "normals, torch.randn (gen. 1)",
+                         "sum of 50 directions, in order (gen. 3)",
+                         "sum of 50 directions, BLAS (gen. 1, 2)"]
     assert all(float(line.split()[-1]) > 0 for line in kernels)
 
 
