@@ -26,7 +26,7 @@ from .preemption import EXIT_PREEMPTED, StopRequest
 from .replay import method_for, verify
 from .resume import resumed_config
 from . import runlog
-from .runlog import RunFile
+from .runlog import RunFile, platform_description
 from .train import dry_run, train
 from .api import evaluate as evaluate_run
 from .checkpoint import check_checkpoint_path, save_checkpoint, weights_at
@@ -286,6 +286,12 @@ def cmd_replay(args) -> int:
             for line in lines:
                 print(line)
             n = torch.get_num_threads()
+            generation = run.config().kernels
+            if not ok and generation < 3:
+                trained = "; ".join(p for _, p in json.loads(str(run.attrs.get("platforms", "[]"))))
+                print(f"note: kernel generation {generation} replays bitwise only on the CPU kind "
+                      f"that trained the run ({trained or 'not recorded'}); this node is "
+                      f"{platform_description()}")
             print(f"verify: {'OK' if ok else 'MISMATCH'} over {target} steps, "
                   f"{len(lines)} snapshots, max |diff| {worst:.3g} ({n} thread{'s' * (n > 1)})")
             if not ok:
