@@ -365,8 +365,8 @@ def check_divergence(comm, theta: torch.Tensor, done: int) -> None:
     if differ:
         raise UserError(f"ranks diverged after step {done}: θ on rank(s) {differ} differs from "
                         "rank 0 (check that all ranks run the same rbd-hpc, torch and thread "
-                        "count, and, for SGD, the sparse methods or kernel generation 1 or 2, on "
-                        "the same kind of CPU)")
+                        "count, and, for a run of kernel generation 1 or 2, the same kind of "
+                        "CPU)")
 
 
 def average(comm, vec: np.ndarray) -> np.ndarray:

@@ -146,9 +146,10 @@ class TrainConfig:
                             choices=("expected", "exact"))
     antithetic: bool = option(False, "directions in pairs (φ, −φ)")
     kernels: int = option(CURRENT, "the arithmetic that makes directions, by generation "
-                          "(kernels.py): 3 sums dense directions in an order no CPU feature "
-                          "changes; 2 is the one before; 1 reproduces run files of rbd-hpc 0.1 "
-                          "(format 2). A run file keeps its generation on resume and replay", choices=KERNELS)
+                          "(kernels.py): 3 sums dense directions and applies every method's "
+                          "step in an order no CPU feature changes; 2 is the one before; 1 "
+                          "reproduces run files of rbd-hpc 0.1 (format 2). A run file keeps its "
+                          "generation on resume and replay", choices=KERNELS)
     compartments: str = option("network", "how θ is split: network, layer, tensor or block:N")
     allocate: str = option("size", "split --d over compartments: size (d_k ∝ D_k), sqrt, equal, "
                            "or power:P (d_k ∝ D_k^P)")

@@ -29,8 +29,11 @@ uniform) are combined and normalised in a fixed order that no CPU feature change
     AVX-512 node fails ``replay --verify`` on an AVX2 node, a generation-3 run does not
     (tests/test_platform.py replays one under other MKL and ATen instruction sets).
   * ``--normalize exact`` divides by √(Σ φ²) summed in float64 in index order (``row_norms``)
-    instead of ATen's vectorised norm.
-  srht arithmetic is the same as generation 2's (butterflies and in-order folds already are).
+    instead of ATen's vectorised norm; uniform directions are 2√3·u − √3 in two rounded steps.
+  * every method's step θ − η·x rounds η·x before the add (methods/update.add_scaled_): ATen
+    fuses it into one multiply-add in its AVX2 and AVX-512 kernels only. So ranks on mixed
+    nodes stay bitwise identical (SGD and the sparse methods too).
+  srht's transforms are generation 2's (butterflies and in-order folds already are).
 """
 from __future__ import annotations
 

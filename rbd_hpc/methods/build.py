@@ -29,7 +29,8 @@ def build_method(cfg, named_shapes: list[tuple[str, tuple]], comm, device,
     ``world_size`` is the rank count the run was trained with (replay of a per-rank run
     rebuilds all R·d directions in one process); sparse methods need ``total_steps``."""
     if cfg.method == "sgd":
-        return SGD(comm, momentum=cfg.momentum, weight_decay=cfg.weight_decay), []
+        return SGD(comm, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                   unfused=cfg.kernels >= 3), []
     if cfg.method in SPARSE_METHODS:
         return _sparse(cfg, named_shapes, comm, total_steps), []
     named_sizes = [(n, int(np.prod(s))) for n, s in named_shapes]
@@ -81,7 +82,8 @@ def _sparse(cfg, named_shapes, comm, total_steps: int | None) -> SparseTraining:
         offset += n
     return SparseTraining(cfg.method, layers, comm, cfg.seed, cfg.sparsity, cfg.sparsity_dist,
                           total_steps, cfg.momentum, cfg.mask_every, cfg.drop_fraction,
-                          weight_decay=cfg.weight_decay, update=cfg.mask_update)
+                          weight_decay=cfg.weight_decay, update=cfg.mask_update,
+                          unfused=cfg.kernels >= 3)
 
 
 def _nes(cfg, compartments, comm, device, image) -> NES:

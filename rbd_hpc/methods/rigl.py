@@ -24,7 +24,7 @@ import torch
 
 from ..seeds import Stream, derive_seed, numpy_rng
 from .base import StepResult
-from .update import Velocity, decay_
+from .update import Velocity, add_scaled_, decay_
 
 SPARSE_METHODS = ("rigl", "set", "static")
 SPARSITY_DISTRIBUTIONS = ("uniform", "erk")
@@ -51,11 +51,13 @@ class SparseTraining(Velocity):
     def __init__(self, kind: str, layers: list[tuple[str, int, int, tuple]], comm, seed: int,
                  sparsity: float, distribution: str, total_steps: int, momentum: float = 0.0,
                  update_every: int = 100, drop_fraction: float = 0.3, end_fraction: float = 0.75,
-                 weight_decay: float = 0.0, update: str = "published"):
-        """``layers``: (name, start, stop, shape) of every weight tensor to sparsify."""
+                 weight_decay: float = 0.0, update: str = "published", unfused: bool = False):
+        """``layers``: (name, start, stop, shape) of every weight tensor to sparsify;
+        ``unfused``: as SGD's."""
         if update not in MASK_UPDATES:
             raise ValueError(f"mask update {update!r} not in {MASK_UPDATES}")
         self.update = update
+        self.unfused = unfused
         self.name, self.kind, self.comm, self.seed = kind, kind, comm, seed
         self.layers = layers
         self.sparsity, self.momentum, self.weight_decay = sparsity, momentum, weight_decay
@@ -97,7 +99,7 @@ class SparseTraining(Velocity):
         if self.momentum:
             upd = self.velocity_for(theta).mul_(self.momentum).add_(upd) * self.mask
         decay_(theta, lr, self.weight_decay)
-        theta.add_(upd, alpha=-lr)
+        add_scaled_(theta, upd, -lr, self.unfused)
         theta.mul_(self.mask)
         return StepResult(torch.zeros(0, dtype=torch.float32))
 

@@ -9,14 +9,18 @@ from typing import Callable
 import torch
 
 from .base import StepResult
-from .update import Velocity, decay_
+from .update import Velocity, add_scaled_, decay_
 
 
 class SGD(Velocity):
     name = "sgd"  # its steps are full D-dimensional gradients: no coefficients to log
 
-    def __init__(self, comm, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, comm, momentum: float = 0.0, weight_decay: float = 0.0,
+                 unfused: bool = False):
+        """``unfused`` (kernel generation 3): the rate × step rounded before its add, the same
+        bits on every CPU kind (update.add_scaled_), so ranks on mixed nodes stay identical."""
         self.comm = comm
+        self.unfused = unfused
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.velocity = None
@@ -27,5 +31,5 @@ class SGD(Velocity):
         if self.momentum:
             g = self.velocity_for(theta).mul_(self.momentum).add_(g)
         decay_(theta, lr, self.weight_decay)
-        theta.add_(g, alpha=-lr)
+        add_scaled_(theta, g, -lr, self.unfused)
         return StepResult(torch.zeros(0, dtype=torch.float32))
