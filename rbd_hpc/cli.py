@@ -26,7 +26,7 @@ from .preemption import EXIT_PREEMPTED, StopRequest
 from .replay import method_for, verify
 from .resume import resumed_config
 from . import runlog
-from .runlog import RunFile, platform_description
+from .runlog import RunFile, platform_description, recorded_platforms
 from .train import dry_run, train
 from .api import evaluate as evaluate_run
 from .checkpoint import check_checkpoint_path, save_checkpoint, weights_at
@@ -288,7 +288,7 @@ def cmd_replay(args) -> int:
             n = torch.get_num_threads()
             generation = run.config().kernels
             if not ok and generation < 3:
-                trained = "; ".join(p for _, p in json.loads(str(run.attrs.get("platforms", "[]"))))
+                trained = "; ".join(p for _, p in recorded_platforms(run))
                 print(f"note: kernel generation {generation} replays bitwise only on the CPU kind "
                       f"that trained the run ({trained or 'not recorded'}); this node is "
                       f"{platform_description()}")

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import statistics
 
-from .runlog import RunFile
+from .runlog import RunFile, recorded_platforms
 
 _EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
                   "ms_per_step", "bytes_per_step", "recv_bytes_per_step", "calls_per_step")
@@ -46,7 +46,7 @@ def describe(path: str) -> tuple[str, dict]:
             "full_checkpoint_bytes": 4 * D, "snapshots": snaps, "replayable": run.replayable,
             "final_metrics": metrics[-1] if metrics else None, "config": cfg,
             "protocol": config.protocol, "deviations": config.deviations(),
-            "platforms": json.loads(str(run.attrs.get("platforms", "[]"))),
+            "platforms": recorded_platforms(run),
         }
     final = info["final_metrics"]
     lines = [

@@ -573,11 +573,24 @@ def platforms_after(existing: "RunFile | None", resume_at: int | None) -> list:
     a new run's one entry, or the continued file's list with this node appended when it
     differs (a file written before the record existed starts with an unknown platform)."""
     here = platform_description()
-    if existing is None:
+    if existing is None or not resume_at:
         return [[0, here]]
-    past = json.loads(str(existing.attrs.get("platforms", json.dumps([[0, "unknown"]]))))
+    past = recorded_platforms(existing)
     past = [entry for entry in past if entry[0] < resume_at] or [[0, "unknown"]]
     return past if past[-1][1] == here else past + [[int(resume_at), here]]
+
+
+def recorded_platforms(run: "RunFile") -> list:
+    """The file's ``platforms`` list; [] where none is recorded or it is not a list of
+    [step, text] pairs (a record only: nothing that replays depends on it)."""
+    try:
+        value = json.loads(str(run.attrs.get("platforms", "[]")))
+    except json.JSONDecodeError:
+        return []
+    ok = isinstance(value, list) and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], int) and isinstance(e[1], str)
+        for e in value)
+    return value if ok else []
 
 
 def platform_change_note(platforms: list, kernels: int) -> str:
@@ -586,6 +599,11 @@ def platform_change_note(platforms: list, kernels: int) -> str:
     replay = ("replay --verify holds on any CPU (kernel generation 3)" if kernels >= 3 else
               f"replay --verify of this kernel-generation-{kernels} run may need the CPU kind "
               "it was trained on")
+    if before == "unknown":
+        return (f"note: where the steps before {at} were trained is not recorded (a file older "
+                f"than format 5); this node is {here}: on another kind of CPU the steps from here "
+                "on continue the run validly, but not with the bits an uninterrupted run would "
+                f"have taken; {replay}")
     return (f"note: the steps before {at} were trained on {before}; this node is {here}, whose "
             "kernels round differently: the steps from here on continue the run validly, but "
             f"not with the bits an uninterrupted run would have taken; {replay}")

@@ -114,3 +114,20 @@ def test_the_run_file_records_where_its_steps_were_trained(idx_dir, tmp_path):
     inspect = run_cli("inspect", run).stdout
     assert f"trained on    {first[0][1]} (from step 0); {stretches[1][1]} (from step 10)" in inspect
     assert _verify(run, None) == "verify: OK over 30 steps, 4 snapshots, max |diff| 0 (1 thread)"
+
+
+def test_a_file_without_a_record_resumes_and_says_what_is_not_known(idx_dir, tmp_path):
+    """A format-4 file (or a damaged record) has no platform list: inspect says so, a resume
+    names this node and starts the list with an unknown first stretch."""
+    import h5py
+    run = _train(tmp_path / "old.h5", idx_dir, ["--dist", "srht"], steps=5)
+    with h5py.File(run, "r+") as f:
+        f.attrs["platforms"] = "{not json"
+    assert "trained on    not recorded" in run_cli("inspect", run).stdout
+    proc = run_cli("train", "--resume", run, "--steps", "10", "--no-progress", "--data-dir", idx_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: where the steps before 5 were trained is not recorded" in proc.stdout
+    with RunFile(run) as f:
+        stretches = json.loads(f.attrs["platforms"])
+    assert [s for s, _ in stretches] == [0, 5] and stretches[0][1] == "unknown"
+    assert _verify(run, None) == "verify: OK over 10 steps, 3 snapshots, max |diff| 0 (1 thread)"
