@@ -555,8 +555,8 @@ def _json_attr(run: RunFile, name: str, kind: type, text: str | None = None):
 def platform_description() -> str:
     """The CPU kind that decides a training step's rounding: the architecture, the CPU model
     and the instruction set ATen dispatches to (oneDNN's convolutions and MKL's products follow
-    the CPU too), and torch's version. Two nodes with the same description take the same
-    bits; a kernel-generation-3 run replays bitwise on any (docs/runfile.md)."""
+    the CPU too), and torch's version. Nodes with different descriptions may round a training
+    step differently; a kernel-generation-3 run replays bitwise on any (docs/runfile.md)."""
     model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
