@@ -37,28 +37,30 @@ def example(*args, ranks=2, wait=True):
 
 
 def test_example_two_ranks_killed_resumed_replayed_exported_and_scored(tmp_path):
+    # 10 epochs (1,120 steps, a few seconds): the kill must land before the run ends, and on a
+    # fast idle CPU 2 epochs (224 steps) were over before the poll saw 120 commits
     whole = tmp_path / "whole.h5"
-    out = example("--out", whole, "--epochs", "2").stdout
-    assert out.count("rbd: 224 steps") == 1, out  # rank 0 alone reports
+    out = example("--out", whole, "--epochs", "10").stdout
+    assert out.count("rbd: 1120 steps") == 1, out  # rank 0 alone reports
     with RunFile(whole) as run:  # the run file names the factories, so others can rebuild them
         cfg = run.config()
         assert (cfg.model, cfg.dataset, int(run.attrs["world_size"])) == (MODEL, DATA, 2)
 
     killed = tmp_path / "killed.h5"
-    proc = example("--out", killed, "--epochs", "2", wait=False)
+    proc = example("--out", killed, "--epochs", "10", wait=False)
     wait_for_commits(killed, 120)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     with RunFile(killed) as run:
-        assert 120 <= run.committed < 224, run.committed
-    example("--out", killed, "--epochs", "2", "--resume")
+        assert 120 <= run.committed < 1120, run.committed
+    example("--out", killed, "--epochs", "10", "--resume")
     assert np.array_equal(final_theta(killed), final_theta(whole))  # bitwise, with BatchNorm
     with RunFile(killed) as a, RunFile(whole) as b:  # the ranks' common BatchNorm statistics too
         assert np.array_equal(a.snapshot(a.n_snapshots - 1)[2], b.snapshot(b.n_snapshots - 1)[2])
 
     proc = run_cli("replay", killed, "--verify", "--out", tmp_path / "own.pt")
     assert proc.returncode == 0, proc.stderr
-    assert "verify: OK over 224 steps" in proc.stdout
+    assert "verify: OK over 1120 steps" in proc.stdout
     model = rbd_hpc.load(str(tmp_path / "own.pt"))  # rebuilt from the recorded factory
     assert isinstance(model[1], torch.nn.BatchNorm1d)
     assert np.array_equal(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy(),
@@ -67,7 +69,7 @@ def test_example_two_ranks_killed_resumed_replayed_exported_and_scored(tmp_path)
     proc = run_cli("eval", killed, "--json")
     assert proc.returncode == 0, proc.stderr
     scores = json.loads(proc.stdout)
-    assert scores["step"] == 224 and scores["buffers_step"] == 224
+    assert scores["step"] == 1120 and scores["buffers_step"] == 1120
     assert scores["test_acc"] == scores["logged_test_acc"] and scores["test_acc"] > 0.4
 
 
