@@ -169,7 +169,7 @@ def test_a_new_run_records_the_current_kernel_generation(idx_dir, tmp_path):
 def test_every_preemption_signal_stops_the_cli_with_exit_code_3(idx_dir, tmp_path, sig):
     out = tmp_path / "pre.h5"
     cmd = [venv_bin("rbd-hpc"), "train", "--data-dir", str(idx_dir), *TINY, "--out", str(out),
-           "--steps", "400", "--d", "10", "--method", "sgd"]
+           "--steps", "4000", "--d", "10", "--method", "sgd"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ})
     wait_for_commits(out, 3)
@@ -178,7 +178,7 @@ def test_every_preemption_signal_stops_the_cli_with_exit_code_3(idx_dir, tmp_pat
     assert proc.returncode == 3, stderr
     assert "preempted after step" in stdout
     with RunFile(out) as run:
-        assert 0 < run.committed < 400 and run.snapshot_steps()[-1] == run.committed
+        assert 0 < run.committed < 4000 and run.snapshot_steps()[-1] == run.committed
 
 
 def test_stop_request_hands_the_signal_back_to_the_previous_handler():

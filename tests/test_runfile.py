@@ -223,9 +223,9 @@ def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):
     ref = tmp_path / "ref.h5"
     out = tmp_path / "pre.h5"
     cmd = [venv_bin("rbd-hpc"), "train", "--data-dir", str(idx_dir), *TINY, "--out", str(out),
-           "--steps", "60", "--d", "100", "--method", "sgd", "--momentum", "0.9",
+           "--steps", "600", "--d", "100", "--method", "sgd", "--momentum", "0.9",
            "--snapshot-every", "25", "--lr", "0.25"]
-    train(idx_dir, ref, "--steps", "60", "--d", "100", "--method", "sgd", "--momentum", "0.9",
+    train(idx_dir, ref, "--steps", "600", "--d", "100", "--method", "sgd", "--momentum", "0.9",
           "--snapshot-every", "25", "--lr", "0.25")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_commits(out, 5)
@@ -234,7 +234,7 @@ def test_preempt_signal_commits_and_resume_is_bitwise(idx_dir, tmp_path):
     assert proc.returncode == 3, stderr
     assert "preempted after step" in stdout
     with RunFile(out) as run:
-        assert 0 < run.committed < 60
+        assert 0 < run.committed < 600
         assert run.snapshot_steps()[-1] == run.committed  # the stop wrote a full snapshot
     train(idx_dir, out, "--resume", out)
     assert np.array_equal(final_theta(out), final_theta(ref))
