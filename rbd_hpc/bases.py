@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from .errors import UserError, require_choice
-from .kernels import (CURRENT, KERNELS, combine_in_order, fold, fwht_butterfly, fwht_inplace,
-                      fwht_radix16, gaussian_rows, row_norms, scatter_folded, srht_rows,
-                      srht_signed_scales, sum_in_order)
+from .kernels import (CURRENT, KERNELS, combine_in_order, compiled_can_take, fold,
+                      fwht_butterfly, fwht_inplace, fwht_radix16, gaussian_rows, row_norms,
+                      scatter_folded, srht_rows, srht_signed_scales, sum_in_order)
 from .seeds import Stream, derive_seeds, root_key
 
 DISTRIBUTIONS = ("gaussian", "rademacher", "uniform", "srht", "smooth:SIGMA")
@@ -99,7 +99,7 @@ def fill_direction(dist: str, gen: torch.Generator, out: torch.Tensor,
         # 32 random bits per generator draw, unpacked: ~10× cheaper than one draw per entry
         words = torch.empty((n + 31) // 32, dtype=torch.int64, device=out.device)
         words.random_(0, 2**32, generator=gen)
-        if out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous():
+        if compiled_can_take(out):
             # NumPy's unpackbits is far faster than torch's integer shifts on the CPU
             bits = np.unpackbits(words.numpy().astype("<u4").view(np.uint8), bitorder="little")
             o = out.numpy()
@@ -528,8 +528,7 @@ class Basis:
         # One generator per row: a direction depends on its key only, never on the chunk.
         # (Filling rows from Python threads was measured: torch's CPU normal sampler does
         # not scale with them and NumPy's bit unpacking contends for the GIL.)
-        if (cfg.dist == "gaussian" and cfg.kernels >= 2 and phi.device.type == "cpu"
-                and phi.dtype == torch.float32 and phi.is_contiguous()):
+        if cfg.dist == "gaussian" and cfg.kernels >= 2 and compiled_can_take(phi):
             # compiled Philox + ziggurat (kernels.py), E‖φ‖² = 1 folded into the sampler:
             # the row is written once
             exact = cfg.normalize == "exact"

@@ -209,12 +209,16 @@ def srht_signed_scales(k0: int, k1: int, stream: int, step: int, first: int, sca
                               np.float32(scale), out)
 
 
+def compiled_can_take(t: torch.Tensor) -> bool:
+    """Whether the numba kernels can work on ``t`` in place: a contiguous float32 CPU tensor."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+
+
 def combine_in_order(c: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     """Generation 3's Σ_i c_i φ_i for dense directions Φ (m × n): products added in direction
     order, each rounded to the dtype (the compiled loop on the CPU for float32, the
     reference otherwise; the two agree bit for bit)."""
-    if (phi.device.type == "cpu" and phi.dtype == torch.float32 and phi.is_contiguous()
-            and c.device.type == "cpu"):
+    if compiled_can_take(phi) and c.device.type == "cpu":
         out = np.empty(phi.shape[1], dtype=np.float32)
         coefficients = np.ascontiguousarray(c.detach().numpy(), dtype=np.float32)
         _compiled().combine_rows(coefficients, phi.numpy(), out)
@@ -233,7 +237,7 @@ def combine_in_order_reference(c: torch.Tensor, phi: torch.Tensor) -> torch.Tens
 def row_norms(phi: torch.Tensor) -> torch.Tensor:
     """‖φ_i‖ of every row, summed in float64 in index order (generation 3, CPU float32):
     the same bits on every CPU; other devices and dtypes use torch's norm."""
-    if phi.device.type == "cpu" and phi.dtype == torch.float32 and phi.is_contiguous():
+    if compiled_can_take(phi):
         out = np.empty(phi.shape[0], dtype=np.float32)
         _compiled().row_norms(phi.numpy(), out)
         return torch.from_numpy(out)
