@@ -5,7 +5,7 @@ import dataclasses
 import json
 import statistics
 
-from .runlog import RunFile, recorded_platforms
+from .runlog import RunFile, platform_record
 
 _EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
                   "ms_per_step", "bytes_per_step", "recv_bytes_per_step", "calls_per_step")
@@ -35,6 +35,7 @@ def describe(path: str) -> tuple[str, dict]:
         snaps = [int(s) for s in run.snapshot_steps()]
         metrics = run.metrics()
         per_step = coef_bytes / run.committed if run.committed else 0.0
+        platforms, platforms_problem = platform_record(run)
         info = {
             "file": str(run.path), "format_version": run.version,
             "method": str(run.attrs["method"]), "mode": str(run.attrs["mode"]),
@@ -46,7 +47,7 @@ def describe(path: str) -> tuple[str, dict]:
             "full_checkpoint_bytes": 4 * D, "snapshots": snaps, "replayable": run.replayable,
             "final_metrics": metrics[-1] if metrics else None, "config": cfg,
             "protocol": config.protocol, "deviations": config.deviations(),
-            "platforms": recorded_platforms(run),
+            "platforms": platforms, "platforms_problem": platforms_problem,
         }
     final = info["final_metrics"]
     lines = [
@@ -68,8 +69,7 @@ def describe(path: str) -> tuple[str, dict]:
           if run.layout.get("compartments") else []),
         f"committed     {run.committed} steps",
         "trained on    " + ("; ".join(f"{p} (from step {at})" for at, p in info["platforms"])
-                            if info["platforms"] else "not recorded (written before rbd-hpc "
-                            "recorded platforms)"),
+                            if info["platforms"] else info["platforms_problem"]),
         f"size on disk  {size:,} bytes",
         f"per step      {per_step:,.0f} bytes stored vs {4 * D:,} for a full checkpoint "
         f"({per_step / (4 * D):.2%})" if run.committed and n_coef else

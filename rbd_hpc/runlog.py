@@ -583,14 +583,28 @@ def platforms_after(existing: "RunFile | None", resume_at: int | None) -> list:
 def recorded_platforms(run: "RunFile") -> list:
     """The file's ``platforms`` list; [] where none is recorded or it is not a list of
     [step, text] pairs (a record only: nothing that replays depends on it)."""
+    return platform_record(run)[0]
+
+
+def platform_record(run: "RunFile") -> tuple[list, str]:
+    """(``recorded_platforms``, why it is empty): "" for a readable record; otherwise whether
+    the file predates the record (format < 5) or holds a damaged one, for ``inspect``."""
+    text = run.attrs.get("platforms")
+    if text is None:
+        return [], ("not recorded (written before rbd-hpc recorded platforms)" if run.version < 5
+                    else "not recorded (the platforms attribute is missing from this format-"
+                    f"{run.version} file)")
     try:
-        value = json.loads(str(run.attrs.get("platforms", "[]")))
-    except json.JSONDecodeError:
-        return []
+        value = json.loads(str(text))
+    except json.JSONDecodeError as e:
+        return [], f"unreadable (the platforms attribute is damaged: not JSON, {e})"
     ok = isinstance(value, list) and all(
         isinstance(e, list) and len(e) == 2 and isinstance(e[0], int) and isinstance(e[1], str)
         for e in value)
-    return value if ok else []
+    if not ok or not value:
+        return [], ("unreadable (the platforms attribute is damaged: not a non-empty list of "
+                    "[first step, platform] pairs)")
+    return value, ""
 
 
 def platform_change_note(platforms: list, kernels: int) -> str:
@@ -601,9 +615,9 @@ def platform_change_note(platforms: list, kernels: int) -> str:
               "it was trained on")
     if before == "unknown":
         return (f"note: where the steps before {at} were trained is not recorded (a file older "
-                f"than format 5); this node is {here}: on another kind of CPU the steps from here "
-                "on continue the run validly, but not with the bits an uninterrupted run would "
-                f"have taken; {replay}")
+                f"than format 5, or a damaged record); this node is {here}: on another kind of "
+                "CPU the steps from here on continue the run validly, but not with the bits an "
+                f"uninterrupted run would have taken; {replay}")
     return (f"note: the steps before {at} were trained on {before}; this node is {here}, whose "
             "kernels round differently: the steps from here on continue the run validly, but "
             f"not with the bits an uninterrupted run would have taken; {replay}")

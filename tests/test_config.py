@@ -117,7 +117,7 @@ def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_p
     proc = run_cli("inspect", old)
     assert proc.returncode == 0 and "committed     12 steps" in proc.stdout, proc.stderr
     assert "(srht directions, kernel generation 1)" in proc.stdout
-    assert "trained on    not recorded" in proc.stdout
+    assert "trained on    not recorded (written before rbd-hpc recorded platforms)" in proc.stdout
     proc = run_cli("replay", old, "--verify")
     assert "verify: OK over 12 steps, 2 snapshots, max |diff| 0 (1 thread)" in proc.stdout
     proc = run_cli("train", "--resume", old, "--steps", "20", "--data-dir", idx_dir,

@@ -117,13 +117,25 @@ def test_the_run_file_records_where_its_steps_were_trained(idx_dir, tmp_path):
 
 
 def test_a_file_without_a_record_resumes_and_says_what_is_not_known(idx_dir, tmp_path):
-    """A format-4 file (or a damaged record) has no platform list: inspect says so, a resume
-    names this node and starts the list with an unknown first stretch."""
+    """A damaged record (or a format-4 file, test_config's golden file) has no platform list:
+    inspect says which of the two it is, a resume names this node and starts the list with an
+    unknown first stretch."""
     import h5py
     run = _train(tmp_path / "old.h5", idx_dir, ["--dist", "srht"], steps=5)
-    with h5py.File(run, "r+") as f:
-        f.attrs["platforms"] = "{not json"
-    assert "trained on    not recorded" in run_cli("inspect", run).stdout
+    damaged = [  # (the attribute written, None: deleted; what inspect says)
+        ("{not json", "unreadable (the platforms attribute is damaged: not JSON, Expecting "
+                      "property name enclosed in double quotes: line 1 column 2 (char 1))"),
+        ("[[0, 7]]", "unreadable (the platforms attribute is damaged: not a non-empty list of "
+                     "[first step, platform] pairs)"),
+        (None, "not recorded (the platforms attribute is missing from this format-5 file)"),
+    ]
+    for value, says in damaged:
+        with h5py.File(run, "r+") as f:
+            if value is None:
+                del f.attrs["platforms"]
+            else:
+                f.attrs["platforms"] = value
+        assert f"trained on    {says}\n" in run_cli("inspect", run).stdout, value
     proc = run_cli("train", "--resume", run, "--steps", "10", "--no-progress", "--data-dir", idx_dir)
     assert proc.returncode == 0, proc.stderr
     assert "note: where the steps before 5 were trained is not recorded" in proc.stdout
