@@ -35,6 +35,7 @@ from .data import SHAPES, Split
 from .kernels import (combine_in_order, fwht_backend, fwht_butterfly, fwht_inplace, fwht_radix16,
                       gaussian_rows)
 from .methods import SGD, FixedProjectionDescent, RandomBasesDescent
+from .methods.update import add_scaled_
 from .models import FlatParameters, build_model
 from .svrg import Anchor
 
@@ -179,6 +180,47 @@ def replay_ratio(model_name: str, dataset: str, d: int, dist: str, compartments:
     replay_s = time.perf_counter() - t0
     return {"config": label(dist, compartments), "train_s": train_s, "replay_s": replay_s,
             "ratio": replay_s / train_s, "bitwise": bool(torch.equal(theta, h.flat.theta))}
+
+
+def unfused_cost(model_name: str, dataset: str, d: int, dist: str, compartments: str,
+                 chunk: int = 50, steps: int = 30, device: str = "cpu") -> list[dict]:
+    """What kernel generation 3's unfused scaled add (``add_scaled_``: the rate × step rounded,
+    into a temporary, before its add) costs against ATen's fused ``add_(x, alpha=a)``: the adds
+    one step makes (SGD: one over D; RBD: one per chunk over its span, from the method's own
+    chunk plan), timed both ways in turn, next to a whole step (forward, backward, step) of
+    the same method. Medians of interleaved repeats."""
+    h = Harness(model_name, dataset, device=device)
+    m = h.rbd(d, dist, compartments, chunk)
+    D = h.flat.theta.numel()
+    plans = {"sgd": [D],
+             label(dist, compartments): [s.stop - s.start for s, _ in m._chunks(0, listed=True)]}
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randn(D, generator=gen).to(device)
+    x = torch.randn(D, generator=gen).to(device)
+    sgd = SGD(SingleProcess())
+    steppers = {"sgd": lambda t: sgd.step(h.flat.theta, h.grad(), t, 1e-4),
+                label(dist, compartments): lambda t: m.step(h.flat.theta, h.grad(), t, 1e-4)}
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(steps + 2):
+        for name, sizes in plans.items():
+            for how in ("fused", "unfused", "step"):
+                t0 = time.perf_counter()
+                if how == "step":
+                    steppers[name](r)
+                else:
+                    for n in sizes:
+                        add_scaled_(target[:n], x[:n], -1e-4, how == "unfused")
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if r >= 2:
+                    times.setdefault((name, how), []).append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    for name, sizes in plans.items():
+        ms = {how: statistics.median(times[(name, how)]) for how in ("fused", "unfused", "step")}
+        rows.append({"config": name, "adds": len(sizes), "elements": sum(sizes),
+                     "fused_ms": ms["fused"], "unfused_ms": ms["unfused"], "step_ms": ms["step"],
+                     "extra_share": (ms["unfused"] - ms["fused"]) / ms["step"]})
+    return rows
 
 
 def fpd_ratio(model_name: str, dataset: str, d: int, dist: str, steps: int = 20,

@@ -10,7 +10,8 @@ import sys
 import torch
 
 from .bases import BasisConfig
-from .bench import format_table, fpd_ratio, kernel_table, memory_ratio, replay_ratio, run_bench
+from .bench import (format_table, fpd_ratio, kernel_table, memory_ratio, replay_ratio, run_bench,
+                    unfused_cost)
 from .comm import (create_communicator, install_abort_handler, launched_by_mpi, on_every_rank,
                    on_root)
 from .compartments import segments
@@ -169,6 +170,9 @@ def _bench_parser(sub) -> None:
     b.add_argument("--ceilings", action="store_true",
                    help="also time each RBD row's direction work alone (no forward/backward) "
                         "and its floor: srht's signs, rows and two transforms; dense sampling")
+    b.add_argument("--unfused", action="store_true",
+                   help="also time kernel generation 3's unfused scaled adds (rate × step "
+                        "rounded before the add) against ATen's fused add, per step")
     b.add_argument("--kernels", action="store_true",
                    help="also time the transform and the samplers alone, in ns per element, "
                         "next to a copy in and out of cache")
@@ -377,6 +381,22 @@ def cmd_bench(args) -> int:
             print(f"{r['config']:<28} li {r['li_ms']:.2f} ms  official {r['official_ms']:.2f} ms  "
                   f"ratio {r['ratio']:.2f}  regenerated {r['regenerated_ms']:.2f} ms  "
                   f"ratio {r['regenerated_ratio']:.2f}")
+    if args.unfused:
+        print("\n# the scaled adds of one step: unfused (generation 3: a × x rounded into a "
+              "temporary, then added) against ATen's fused add_(x, alpha=a); extra ÷ the whole "
+              "step (forward, backward, step)")
+        shown = set()
+        for comp in comps:
+            for dist in dists:
+                for r in unfused_cost(args.model, args.dataset, args.d, dist, comp, args.chunk,
+                                      args.steps, args.device):
+                    if r["config"] in shown:
+                        continue
+                    shown.add(r["config"])
+                    print(f"{r['config']:<28} {r['adds']:>3} adds over {r['elements']:>9,} "
+                          f"elements  fused {r['fused_ms']:.3f} ms  unfused "
+                          f"{r['unfused_ms']:.3f} ms  step {r['step_ms']:.2f} ms  extra ÷ step "
+                          f"{r['extra_share']:+.2%}")
     if args.kernels:
         print(f"\n# kernels alone, ns per element (medians of interleaved repeats, "
               f"{torch.get_num_threads()} threads)")

@@ -204,6 +204,26 @@ def test_bench_fpd_times_the_official_step_against_lis():
             assert (num - 0.005) / (li + 0.005) - 0.005 <= r <= (num + 0.005) / (li - 0.005) + 0.005
 
 
+def test_bench_unfused_times_the_adds_each_step_makes():
+    """One row per configuration (SGD once): the adds its step makes, from the method's own
+    chunk plan (d = 20 in chunks of 8: three dense chunks over all of θ; srht's one transform;
+    layer compartments: fc1's chunks and fc2's), both ways, and the extra ÷ the step."""
+    proc = run_cli("bench", "--model", "fc", "--d", "20", "--chunk", "8", "--steps", "2",
+                   "--dist", "gaussian,srht", "--compartments", "network,layer", "--no-reference",
+                   "--unfused")
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^(\S+) +(\d+) adds over +([\d,]+) elements  fused ([\d.]+) ms  unfused "
+                      r"([\d.]+) ms  step ([\d.]+) ms  extra ÷ step ([+-][\d.]+)%$",
+                      proc.stdout.split("# the scaled adds of one step")[1], re.M)
+    assert [(r[0], int(r[1]), r[2]) for r in rows] == [
+        ("sgd", 1, "101,770"), ("rbd-gaussian", 3, "305,310"), ("rbd-srht", 1, "101,770"),
+        ("rbd-gaussian@layer", 4, "302,730"), ("rbd-srht@layer", 2, "101,770")]
+    for *_, fused, unfused, step, share in rows:  # the share is of the medians printed
+        fused, unfused, step, share = map(float, (fused, unfused, step, share))
+        assert fused > 0 and unfused > 0 and step > 0
+        assert abs(share / 100 - (unfused - fused) / step) <= 0.0011 / (step - 0.005) + 0.00005
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--dist", "normal"], "--dist 'normal'"),
     (["--steps", "0"], "--steps 0 must be a positive number"),  # was a StatisticsError
