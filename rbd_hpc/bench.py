@@ -183,17 +183,18 @@ def replay_ratio(model_name: str, dataset: str, d: int, dist: str, compartments:
 
 
 def unfused_cost(model_name: str, dataset: str, d: int, dist: str, compartments: str,
-                 chunk: int = 50, steps: int = 30, device: str = "cpu") -> list[dict]:
+                 chunk: int = 50, steps: int = 30, device: str = "cpu",
+                 with_sgd: bool = True) -> list[dict]:
     """What kernel generation 3's unfused scaled add (``add_scaled_``: the rate × step rounded,
     into a temporary, before its add) costs against ATen's fused ``add_(x, alpha=a)``: the adds
     one step makes (SGD: one over D; RBD: one per chunk over its span, from the method's own
     chunk plan), timed both ways in turn, next to a whole step (forward, backward, step) of
-    the same method. Medians of interleaved repeats."""
+    the same method (SGD's row only ``with_sgd``). Medians of interleaved repeats."""
     h = Harness(model_name, dataset, device=device)
     m = h.rbd(d, dist, compartments, chunk)
     D = h.flat.theta.numel()
-    plans = {"sgd": [D],
-             label(dist, compartments): [s.stop - s.start for s, _ in m._chunks(0, listed=True)]}
+    plans = {"sgd": [D]} if with_sgd else {}
+    plans[label(dist, compartments)] = [s.stop - s.start for s, _ in m._chunks(0, listed=True)]
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(D, generator=gen).to(device)
     x = torch.randn(D, generator=gen).to(device)
