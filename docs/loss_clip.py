@@ -17,14 +17,18 @@ import torch
 
 from rbd_hpc.checkpoint import model_for, weights_at
 from rbd_hpc.data import load_dataset
+from rbd_hpc.errors import UserError
 from rbd_hpc.runlog import RunFile
 
 torch.set_num_threads(1)
 for path in sys.argv[1:]:
-    with RunFile(path) as run:
-        cfg = run.config()
-        weights = weights_at(run, None)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_size)
+    try:
+        with RunFile(path) as run:
+            cfg = run.config()
+            weights = weights_at(run, None)
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_size)
+    except UserError as e:
+        sys.exit(f"loss_clip.py: {e}")
     net = model_for(cfg, data.shape)
     net.load_state_dict(weights.state_dict(), strict=True)
     net.eval()
