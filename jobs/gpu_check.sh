@@ -5,8 +5,13 @@
 # Fashion-MNIST .gz files. Each step has its own time limit, and one failing step does not
 # stop the next: every step's output and exit status are in OUTDIR/gpu_check.log.
 set -uo pipefail
-OUT=${1:?usage: bash jobs/gpu_check.sh OUTDIR [DATADIR]}
-DATA=${2:-${RBD_DATA:-/usr/share/datasets/fashion-mnist}}
+fail() { echo "gpu_check.sh: $*" >&2; exit 2; }
+[ -n "${1:-}" ] || fail "give OUTDIR, the folder for gpu_check.log (usage: bash jobs/gpu_check.sh OUTDIR [DATADIR])"
+# both resolved before the cd below, so relative paths mean what the caller meant
+OUT=$(realpath -m -- "$1")
+DATA=$(realpath -m -- "${2:-${RBD_DATA:-/usr/share/datasets/fashion-mnist}}")
+[ -f "$DATA/train-images-idx3-ubyte.gz" ] || fail "data directory $DATA has no train-images-idx3-ubyte.gz; give the folder of the four Fashion-MNIST .gz files"
+[ ! -e "$OUT" ] || [ -d "$OUT" ] || fail "OUTDIR $OUT exists and is not a folder"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"; LOG="$OUT/gpu_check.log"; W=$(mktemp -d)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -14,6 +19,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
+  || fail "python3 here has no torch that sees a CUDA device; run this on the GPU machine"
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   echo "=== $name: $*" | tee -a "$LOG"
