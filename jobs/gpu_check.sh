@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"; LOG="$OUT/gpu_check.log"; W=$(mktemp -d)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
