@@ -694,7 +694,12 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # e.g. a folder that takes no new files (/proc, a full disk)
+                raise UserError(f"cannot create the lock file {self.path} beside the run "
+                                f"file: {e.strerror}; give --out a folder you can write "
+                                "to") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:

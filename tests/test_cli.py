@@ -75,6 +75,17 @@ def test_unwritable_output_keeps_nothing_half_written(tmp_path, idx_dir):
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_is_one_line_even_for_root(tmp_path, idx_dir):
+    """/proc passes the permission check for root but creates no file: the run lock's create
+    failed with a traceback; now one line naming the lock file, and no metrics written."""
+    metrics = tmp_path / "m.jsonl"
+    assert_user_error(run_cli("train", "--data-dir", idx_dir, "--steps", "1", "--out",
+                              "/proc/rbd-hpc-run.h5", "--metrics", metrics),
+                      "cannot create the lock file /proc/rbd-hpc-run.h5.lock")
+    assert not metrics.exists()
+
+
 def test_a_part_epoch_reads_the_same_in_both_halves_of_the_epoch_line(tmp_path, idx_dir):
     """1 step of 18 is 0.05556 epochs: the line read the metrics row's 4-decimal rounding
     (0.0556) on the left and the exact value on the right."""
