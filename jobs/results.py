@@ -176,11 +176,13 @@ def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
         if row.get("note"):
             devs += f" ({row['note']})"
         ep = f"{s['epoch']:.4g}" + ("" if s["finished"] else " (unfinished)")
-        z = (100 * statistics.fmean(s["val"]) - paper) / pm
+        # an unfinished row is not scored against the paper's 100-epoch figure
+        z = (f"{(100 * statistics.fmean(s['val']) - paper) / pm:+.1f}" if s["finished"]
+             else f"— (epoch {s['epoch']:.4g} of {epochs})")
         out.append(head + f"{devs} | {', '.join(map(str, s['seeds']))} | {ep} | "
                    f"{shown(s['val'])} | {shown(s['val_tail'])} | {shown(s['val_best'])} | "
                    f"{shown(s['test'])} | "
-                   f"{paper:g} ± {pm:g} | {z:+.1f} |")
+                   f"{paper:g} ± {pm:g} | {z} |")
     return "\n".join(out)
 
 
