@@ -81,17 +81,17 @@ def test_in_order_sums_are_one_arithmetic():
     rng = np.random.default_rng(3)
     phi = rng.standard_normal((37, 4099)).astype(np.float32)
     c = rng.standard_normal(37).astype(np.float32)
-    want = np.zeros(4099, dtype=np.float32)
-    for i in range(37):
-        want = want + c[i] * phi[i]
+    def summed(order):  # c_i phi_i added one row at a time, in float32, in ``order``
+        total = np.zeros(4099, dtype=np.float32)
+        for i in order:
+            total = total + c[i] * phi[i]
+        return total
+    want = summed(range(37))
     import torch
     got = kernels.combine_in_order(torch.from_numpy(c), torch.from_numpy(phi)).numpy()
     ref = kernels.combine_in_order_reference(torch.from_numpy(c), torch.from_numpy(phi)).numpy()
     assert np.array_equal(got, want) and np.array_equal(ref, want)
-    backwards = np.zeros(4099, dtype=np.float32)
-    for i in reversed(range(37)):
-        backwards = backwards + c[i] * phi[i]
-    assert not np.array_equal(got, backwards)
+    assert not np.array_equal(got, summed(reversed(range(37))))
     norms = kernels.row_norms(torch.from_numpy(phi)).numpy()
     assert np.array_equal(norms, np.sqrt((phi.astype(np.float64) ** 2).sum(axis=1)).astype(np.float32))
 
