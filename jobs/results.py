@@ -20,6 +20,9 @@ text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in docs/re
   Table B — extensions. Candidates are grouped; in each group the candidate with the highest
             mean final validation accuracy is chosen, and test accuracy is printed for the
             chosen one only (the others show validation alone).
+  Screening — short runs (a few epochs) that decide which setting is worth 100 epochs: each
+            run read at the group's one epoch, its training loss and validation accuracy
+            only (test accuracy is never printed for a screening run).
 
 A run that has not reached the manifest's epochs is shown with the epoch it reached and
 marked unfinished; a cell without runs stays empty. Standard deviations are over seeds with
@@ -226,6 +229,31 @@ def table_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str
     return "\n".join(out)
 
 
+def screening(groups: list[dict], metrics_dir: Path = METRICS) -> str:
+    """Short runs, each read at its group's ``epoch``: what it changes, training loss and
+    validation accuracy there. A run that ended before that epoch (e.g. its loss became NaN)
+    shows the last epoch it finished, or none, with the manifest's note for it."""
+    out = ["| screening | run | everything it changes | seed | epoch read | train loss | "
+           "val acc (%) |", "|---|---|---|---:|---:|---:|---:|"]
+    for group in groups:
+        at, notes = group["epoch"], group.get("notes") or {}
+        for i, name in enumerate(group["runs"]):
+            config = json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+            rows = {e: r for e, r in epoch_rows(name, metrics_dir).items() if e <= at + 1e-9}
+            if rows and max(rows) >= at - 1e-9:
+                row = rows[max(rows)]
+                cells = [f"{at:g}", f"{row['train_loss']:.4f}", f"{100 * row['val_acc']:.2f}"]
+            else:
+                cells = [f"— (last epoch finished: {max(rows):g})" if rows else
+                         "— (no epoch finished)", "—", "—"]
+            if name in notes:
+                cells[0] += f" ({notes[name]})"
+            out.append(f"| {group['name'] if i == 0 else ''} | {name} | "  # the group once
+                       f"{listed(deviations(config)) or 'none'} | {config['seed']} | "
+                       f"{' | '.join(cells)} |")
+    return "\n".join(out)
+
+
 def summary_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
     """The README's Table B lines: each group's chosen candidate, validation and test."""
     out = ["| Table B group | chosen on validation (everything it changes) | seeds | "
@@ -340,7 +368,7 @@ def read_manifest(manifest: Path) -> dict:
         fail(f"{manifest}: no table_a list (the rows of the paper's Table 1) in the manifest")
     if type(spec.get("epochs", 100)) is not int or spec.get("epochs", 100) < 1:
         fail(f"{manifest}: epochs {spec['epochs']!r} is not a whole number ≥ 1")
-    for key in ("table_b", "agreement"):
+    for key in ("table_b", "agreement", "screening"):
         if not isinstance(spec.get(key) or [], list):
             fail(f"{manifest}: {key} {spec[key]!r} is not a list")
     for i, row in enumerate(spec["table_a"], 1):
@@ -365,6 +393,16 @@ def read_manifest(manifest: Path) -> dict:
             fail(f"{where}: {pair!r} has no label")
         run_names(pair.get("srht"), where + " srht")
         run_names(pair.get("gaussian") or [], where + " gaussian")
+    for i, group in enumerate(spec.get("screening") or [], 1):
+        where = f"{manifest.name}: screening group {i}"
+        if not isinstance(group, dict) or not isinstance(group.get("name"), str):
+            fail(f"{where} has no name")
+        at = group.get("epoch")
+        if type(at) not in (int, float) or at <= 0:
+            fail(f"{where}: epoch {at!r} is not a positive number (the epoch every run is read at)")
+        run_names(group.get("runs"), where + " runs")
+        if not isinstance(group.get("notes") or {}, dict):
+            fail(f"{where}: notes {group['notes']!r} is not a mapping of run name to note")
     return spec
 
 
@@ -376,9 +414,10 @@ def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
     made = {"table-a": table_a(spec["table_a"], epochs, metrics_dir),
             "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),
             "agreement": agreement(spec.get("agreement") or [], metrics_dir),
+            "screening": screening(spec.get("screening") or [], metrics_dir),
             "summary": summary(spec["table_a"], epochs, metrics_dir),
             "summary-b": summary_b(spec.get("table_b") or [], epochs, metrics_dir)}
-    for name in ("table-a", "table-b", "agreement"):
+    for name in ("table-a", "table-b", "agreement", "screening"):
         replace_block(results_md, name, made[name])
     for name in ("summary", "summary-b"):
         replace_block(readme, name, made[name])

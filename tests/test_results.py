@@ -29,7 +29,8 @@ def docs(tmp_path):
     md, readme = tmp_path / "results.md", tmp_path / "README.md"
     md.write_text("# R\n<!-- results:table-a -->\nold\n<!-- /results:table-a -->\nmid\n"
                   "<!-- results:table-b -->\n<!-- /results:table-b -->\n"
-                  "<!-- results:agreement -->\n<!-- /results:agreement -->\nend\n")
+                  "<!-- results:agreement -->\n<!-- /results:agreement -->\n"
+                  "<!-- results:screening -->\n<!-- /results:screening -->\nend\n")
     readme.write_text("x\n<!-- results:summary -->\nold\n<!-- /results:summary -->\ny\n"
                       "<!-- results:summary-b -->\n<!-- /results:summary-b -->\n")
     return tmp_path, md, readme
@@ -112,6 +113,31 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
     assert made["summary-b"] in readme.read_text()
 
 
+def test_screening_reads_every_run_at_one_epoch_and_never_prints_test(docs):
+    d, md, readme = docs
+    runs = {"short": [1, 2, 3], "long": [1, 2, 3, 4, 50, 100], "cut": [1], "nan": []}
+    for name, epochs in runs.items():
+        cfg = TrainConfig.from_preset("cnn-fmnist", protocol="paper", method="rbd", dist="srht",
+                                      momentum=0.9 if name != "long" else 0.0)
+        rows = [{"epoch": e, "train_loss": 1 / e, "val_acc": 0.5 + e / 1000, "test_acc": 0.123}
+                for e in epochs]
+        (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / f"{name}.config.json").write_text(cfg.to_json())
+    manifest = d / "m.yaml"
+    manifest.write_text("table_a: []\nscreening:\n  - name: S\n    epoch: 3\n"
+                        "    runs: [short, long, cut, nan]\n"
+                        "    notes: {nan: loss became nan at step 9}\n")
+    made = results.tables(manifest, d, md, readme)["screening"].splitlines()
+    mom = "--dist srht (paper: gaussian); --momentum 0.9 (paper: 0)"
+    # a 100-epoch run is read at the screening's epoch, not at its end
+    assert made[2:] == [
+        f"| S | short | {mom} | 0 | 3 | 0.3333 | 50.30 |",
+        "|  | long | --dist srht (paper: gaussian) | 0 | 3 | 0.3333 | 50.30 |",
+        f"|  | cut | {mom} | 0 | — (last epoch finished: 1) | — | — |",
+        f"|  | nan | {mom} | 0 | — (no epoch finished) (loss became nan at step 9) | — | — |"]
+    assert "12.3" not in md.read_text()                  # test accuracy is never printed
+
+
 def test_a_missing_run_is_one_error_line(docs, capsys):
     d, md, readme = docs
     manifest = d / "m.yaml"
@@ -169,6 +195,13 @@ def test_a_manifest_without_table_a_is_one_error_line(docs, capsys, text):
     ("table_a: []\ntable_b:\n  - {name: G, model: fc, method: rbd, "
      "candidates: [{runs: [a-s0], legacy: [x]}]}\n", "candidate 1: give either runs"),
     ("table_a: []\nagreement:\n  - {srht: [a-s0]}\n", "agreement row 1: {'srht': ['a-s0']} has no label"),
+    ("table_a: []\nscreening:\n  - {runs: [a-s0], epoch: 3}\n", "screening group 1 has no name"),
+    ("table_a: []\nscreening:\n  - {name: S, runs: [a-s0], epoch: 0}\n",
+     "screening group 1: epoch 0 is not a positive number"),
+    ("table_a: []\nscreening:\n  - {name: S, runs: a-s0, epoch: 3}\n",
+     "screening group 1 runs: 'a-s0' is not a list of run names"),
+    ("table_a: []\nscreening:\n  - {name: S, runs: [a-s0], epoch: 3, notes: [x]}\n",
+     "notes ['x'] is not a mapping of run name to note"),
 ])
 def test_a_mistake_in_the_manifest_is_one_error_line_naming_it(docs, capsys, text, fragment):
     """Each was a traceback (KeyError, TypeError, yaml's ParserError) or a wrong table."""
