@@ -242,7 +242,9 @@ def screening(groups: list[dict], metrics_dir: Path = METRICS) -> str:
             rows = {e: r for e, r in epoch_rows(name, metrics_dir).items() if e <= at + 1e-9}
             if rows and max(rows) >= at - 1e-9:
                 row = rows[max(rows)]
-                cells = [f"{at:g}", f"{row['train_loss']:.4f}", f"{100 * row['val_acc']:.2f}"]
+                loss = row.get("train_loss")  # absent where a metrics file logged none
+                cells = [f"{at:g}", "—" if loss is None else f"{loss:.4f}",
+                         f"{100 * row['val_acc']:.2f}"]
             else:
                 cells = [f"— (last epoch finished: {max(rows):g})" if rows else
                          "— (no epoch finished)", "—", "—"]

@@ -115,17 +115,20 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
 
 def test_screening_reads_every_run_at_one_epoch_and_never_prints_test(docs):
     d, md, readme = docs
-    runs = {"short": [1, 2, 3], "long": [1, 2, 3, 4, 50, 100], "cut": [1], "nan": []}
+    runs = {"short": [1, 2, 3], "long": [1, 2, 3, 4, 50, 100], "cut": [1], "nan": [],
+            "noloss": [3]}
     for name, epochs in runs.items():
         cfg = TrainConfig.from_preset("cnn-fmnist", protocol="paper", method="rbd", dist="srht",
                                       momentum=0.9 if name != "long" else 0.0)
         rows = [{"epoch": e, "train_loss": 1 / e, "val_acc": 0.5 + e / 1000, "test_acc": 0.123}
                 for e in epochs]
+        if name == "noloss":
+            del rows[0]["train_loss"]
         (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / f"{name}.config.json").write_text(cfg.to_json())
     manifest = d / "m.yaml"
     manifest.write_text("table_a: []\nscreening:\n  - name: S\n    epoch: 3\n"
-                        "    runs: [short, long, cut, nan]\n"
+                        "    runs: [short, long, cut, nan, noloss]\n"
                         "    notes: {nan: loss became nan at step 9}\n")
     made = results.tables(manifest, d, md, readme)["screening"].splitlines()
     mom = "--dist srht (paper: gaussian); --momentum 0.9 (paper: 0)"
@@ -134,7 +137,8 @@ def test_screening_reads_every_run_at_one_epoch_and_never_prints_test(docs):
         f"| S | short | {mom} | 0 | 3 | 0.3333 | 50.30 |",
         "|  | long | --dist srht (paper: gaussian) | 0 | 3 | 0.3333 | 50.30 |",
         f"|  | cut | {mom} | 0 | — (last epoch finished: 1) | — | — |",
-        f"|  | nan | {mom} | 0 | — (no epoch finished) (loss became nan at step 9) | — | — |"]
+        f"|  | nan | {mom} | 0 | — (no epoch finished) (loss became nan at step 9) | — | — |",
+        f"|  | noloss | {mom} | 0 | 3 | — | 50.30 |"]
     assert "12.3" not in md.read_text()                  # test accuracy is never printed
 
 
