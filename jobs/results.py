@@ -23,6 +23,8 @@ text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in docs/re
   Screening — short runs (a few epochs) that decide which setting is worth 100 epochs: each
             run read at the group's one epoch, its training loss and validation accuracy
             only (test accuracy is never printed for a screening run).
+  Kernels   — every run the manifest names, grouped by the kernel generation (the arithmetic
+            that made its directions and applied its steps) read from its stored config.
 
 A run that has not reached the manifest's epochs is shown with the epoch it reached and
 marked unfinished; a cell without runs stays empty. Standard deviations are over seeds with
@@ -331,6 +333,35 @@ def summary(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
     return "\n".join(out)
 
 
+def manifest_runs(spec: dict) -> list[str]:
+    """Every run the manifest names (tables A and B, agreement, screening), each once, in the
+    order of its first mention."""
+    names = [n for row in spec["table_a"] for n in row.get("runs") or []]
+    names += [n for group in spec.get("table_b") or [] for cand in group["candidates"]
+              for n in cand.get("runs", [])]
+    names += [n for pair in spec.get("agreement") or []
+              for n in (pair.get("gaussian") or []) + pair["srht"]]
+    names += [n for group in spec.get("screening") or [] for n in group["runs"]]
+    return list(dict.fromkeys(names))
+
+
+def kernel_generations(spec: dict, metrics_dir: Path = METRICS) -> str:
+    """The runs of every table grouped by kernel generation, read from their stored configs
+    (a run repeats bit for bit only in its own generation: docs/runfile.md)."""
+    by: dict[int, list[str]] = {}
+    for name in manifest_runs(spec):
+        config = json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+        by.setdefault(config["kernels"], []).append(name)
+    out = ["| kernel generation | runs | run names |", "|---:|---:|---|"]
+    legacy = dict.fromkeys(s for group in spec.get("table_b") or []
+                           for cand in group["candidates"] for s in cand.get("legacy", []))
+    if legacy:  # rbd-hpc 0.1 had generation 1 alone
+        out.append(f"| 1 | {len(legacy)} | rbd-hpc 0.1's runs (Table B's `legacy` candidates, "
+                   f"{LEGACY.name}) |")
+    out += [f"| {gen} | {len(by[gen])} | {', '.join(by[gen])} |" for gen in sorted(by)]
+    return "\n".join(out)
+
+
 def replace_block(path: Path, name: str, text: str) -> None:
     """Rewrite the text between <!-- results:NAME --> and <!-- /results:NAME -->."""
     source = path.read_text()
@@ -417,9 +448,10 @@ def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
             "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),
             "agreement": agreement(spec.get("agreement") or [], metrics_dir),
             "screening": screening(spec.get("screening") or [], metrics_dir),
+            "kernels": kernel_generations(spec, metrics_dir),
             "summary": summary(spec["table_a"], epochs, metrics_dir),
             "summary-b": summary_b(spec.get("table_b") or [], epochs, metrics_dir)}
-    for name in ("table-a", "table-b", "agreement", "screening"):
+    for name in ("table-a", "table-b", "agreement", "screening", "kernels"):
         replace_block(results_md, name, made[name])
     for name in ("summary", "summary-b"):
         replace_block(readme, name, made[name])

@@ -30,7 +30,8 @@ def docs(tmp_path):
     md.write_text("# R\n<!-- results:table-a -->\nold\n<!-- /results:table-a -->\nmid\n"
                   "<!-- results:table-b -->\n<!-- /results:table-b -->\n"
                   "<!-- results:agreement -->\n<!-- /results:agreement -->\n"
-                  "<!-- results:screening -->\n<!-- /results:screening -->\nend\n")
+                  "<!-- results:screening -->\n<!-- /results:screening -->\n"
+                  "<!-- results:kernels -->\n<!-- /results:kernels -->\nend\n")
     readme.write_text("x\n<!-- results:summary -->\nold\n<!-- /results:summary -->\ny\n"
                       "<!-- results:summary-b -->\n<!-- /results:summary-b -->\n")
     return tmp_path, md, readme
@@ -140,6 +141,27 @@ def test_screening_reads_every_run_at_one_epoch_and_never_prints_test(docs):
         f"|  | nan | {mom} | 0 | — (no epoch finished) (loss became nan at step 9) | — | — |",
         f"|  | noloss | {mom} | 0 | 3 | — | 50.30 |"]
     assert "12.3" not in md.read_text()                  # test accuracy is never printed
+
+
+def test_every_run_named_is_listed_once_under_the_kernel_generation_it_stored(docs):
+    d, md, readme = docs
+    write_run(d, "a2", 0.8, 0.8, protocol="paper", method="rbd", kernels=2)
+    write_run(d, "b3", 0.8, 0.8, protocol="paper", method="rbd", kernels=3)
+    write_run(d, "c2", 0.8, 0.8, protocol="paper", method="rbd", dist="srht", kernels=2)
+    write_run(d, "s3", 0.8, 0.8, epoch=3, method="rbd", kernels=3)
+    spec = {"table_a": [{"model": "fc", "method": "rbd", "runs": ["a2", "b3"]}],
+            "table_b": [{"name": "G", "model": "fc", "method": "rbd", "candidates": [
+                {"runs": ["b3"]}, {"legacy": ["srht, lr 1", "srht, lr 2"]},
+                {"legacy": ["srht, lr 1"]}]}],
+            "agreement": [{"label": "FC", "gaussian": ["a2"], "srht": ["c2"]}],
+            "screening": [{"name": "S", "epoch": 3, "runs": ["s3", "a2"]}]}
+    assert results.kernel_generations(spec, d).splitlines() == [
+        "| kernel generation | runs | run names |", "|---:|---:|---|",
+        "| 1 | 2 | rbd-hpc 0.1's runs (Table B's `legacy` candidates, table1_100epochs.csv) |",
+        "| 2 | 2 | a2, c2 |",
+        "| 3 | 2 | b3, s3 |"]
+    del spec["table_b"]  # no legacy candidate: no generation-1 row
+    assert results.kernel_generations(spec, d).splitlines()[2] == "| 2 | 2 | a2, c2 |"
 
 
 def test_a_missing_run_is_one_error_line(docs, capsys):
