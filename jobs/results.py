@@ -351,6 +351,9 @@ def kernel_generations(spec: dict, metrics_dir: Path = METRICS) -> str:
     by: dict[int, list[str]] = {}
     for name in manifest_runs(spec):
         config = json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+        if "kernels" not in config:
+            fail(f"run {name}: {metrics_dir / name}.config.json names no kernel generation "
+                 f"(collect it again from its run file: python jobs/results.py collect RUNDIR {name})")
         by.setdefault(config["kernels"], []).append(name)
     out = ["| kernel generation | runs | run names |", "|---:|---:|---|"]
     legacy = dict.fromkeys(s for group in spec.get("table_b") or []

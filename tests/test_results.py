@@ -143,7 +143,7 @@ def test_screening_reads_every_run_at_one_epoch_and_never_prints_test(docs):
     assert "12.3" not in md.read_text()                  # test accuracy is never printed
 
 
-def test_every_run_named_is_listed_once_under_the_kernel_generation_it_stored(docs):
+def test_every_run_named_is_listed_once_under_the_kernel_generation_it_stored(docs, capsys):
     d, md, readme = docs
     write_run(d, "a2", 0.8, 0.8, protocol="paper", method="rbd", kernels=2)
     write_run(d, "b3", 0.8, 0.8, protocol="paper", method="rbd", kernels=3)
@@ -162,6 +162,15 @@ def test_every_run_named_is_listed_once_under_the_kernel_generation_it_stored(do
         "| 3 | 2 | b3, s3 |"]
     del spec["table_b"]  # no legacy candidate: no generation-1 row
     assert results.kernel_generations(spec, d).splitlines()[2] == "| 2 | 2 | a2, c2 |"
+    config = json.loads((d / "b3.config.json").read_text())
+    del config["kernels"]  # a config written by hand, or cut short
+    (d / "b3.config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as e:
+        results.kernel_generations(spec, d)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("results: error: run b3: ")
+    assert "names no kernel generation" in err
 
 
 def test_a_missing_run_is_one_error_line(docs, capsys):
