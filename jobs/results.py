@@ -70,14 +70,18 @@ def committed(path: Path, name: str) -> Path:
     return path
 
 
+def stored_config(name: str, metrics_dir: Path = METRICS) -> dict:
+    """A run's config as ``collect`` stored it (NAME.config.json)."""
+    return json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+
+
 def run_record(name: str, metrics_dir: Path = METRICS) -> dict:
     """A run's metrics rows by epoch, its last row and its config, from the committed files."""
     rows = epoch_rows(name, metrics_dir)
     if not rows:
         fail(f"run {name}: {metrics_dir / name}.jsonl holds no epoch yet")
-    config = committed(metrics_dir / f"{name}.config.json", name)
     return {"name": name, "rows": rows, "last": rows[max(rows)],
-            "config": json.loads(config.read_text())}
+            "config": stored_config(name, metrics_dir)}
 
 
 def deviations(config: dict) -> list[str]:
@@ -240,7 +244,7 @@ def screening(groups: list[dict], metrics_dir: Path = METRICS) -> str:
     for group in groups:
         at, notes = group["epoch"], group.get("notes") or {}
         for i, name in enumerate(group["runs"]):
-            config = json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+            config = stored_config(name, metrics_dir)
             rows = {e: r for e, r in epoch_rows(name, metrics_dir).items() if e <= at + 1e-9}
             if rows and max(rows) >= at - 1e-9:
                 row = rows[max(rows)]
@@ -350,7 +354,7 @@ def kernel_generations(spec: dict, metrics_dir: Path = METRICS) -> str:
     (a run repeats bit for bit only in its own generation: docs/runfile.md)."""
     by: dict[int, list[str]] = {}
     for name in manifest_runs(spec):
-        config = json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+        config = stored_config(name, metrics_dir)
         if "kernels" not in config:
             fail(f"run {name}: {metrics_dir / name}.config.json names no kernel generation "
                  f"(collect it again from its run file: python jobs/results.py collect RUNDIR {name})")
