@@ -72,7 +72,12 @@ def committed(path: Path, name: str) -> Path:
 
 def stored_config(name: str, metrics_dir: Path = METRICS) -> dict:
     """A run's config as ``collect`` stored it (NAME.config.json)."""
-    return json.loads(committed(metrics_dir / f"{name}.config.json", name).read_text())
+    path = committed(metrics_dir / f"{name}.config.json", name)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        fail(f"run {name}: {path} is not valid JSON ({e.msg}, line {e.lineno}); collect it again "
+             f"from its run file: python jobs/results.py collect RUNDIR {name}")
 
 
 def run_record(name: str, metrics_dir: Path = METRICS) -> dict:

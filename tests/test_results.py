@@ -171,6 +171,14 @@ def test_every_run_named_is_listed_once_under_the_kernel_generation_it_stored(do
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("results: error: run b3: ")
     assert "names no kernel generation" in err
+    text = (d / "a2.config.json").read_text()
+    (d / "a2.config.json").write_text(text[: len(text) // 2])  # a file cut short
+    with pytest.raises(SystemExit) as e:
+        results.kernel_generations(spec, d)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("results: error: run a2: ")
+    assert "is not valid JSON" in err
 
 
 def test_a_missing_run_is_one_error_line(docs, capsys):
