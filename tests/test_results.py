@@ -24,6 +24,17 @@ def write_run(d: Path, name: str, val: float, test: float, epoch: float = 100,
     (d / f"{name}.config.json").write_text(cfg.to_json())
 
 
+def error_line(capsys, call, *args) -> str:
+    """Call an entry point of jobs/results.py that must refuse: it exits with status 2 and
+    prints exactly one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as e:
+        call(*args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 @pytest.fixture
 def docs(tmp_path):
     md, readme = tmp_path / "results.md", tmp_path / "README.md"
@@ -165,19 +176,13 @@ def test_every_run_named_is_listed_once_under_the_kernel_generation_it_stored(do
     config = json.loads((d / "b3.config.json").read_text())
     del config["kernels"]  # a config written by hand, or cut short
     (d / "b3.config.json").write_text(json.dumps(config))
-    with pytest.raises(SystemExit) as e:
-        results.kernel_generations(spec, d)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("results: error: run b3: ")
+    err = error_line(capsys, results.kernel_generations, spec, d)
+    assert err.startswith("results: error: run b3: ")
     assert "names no kernel generation" in err
     text = (d / "a2.config.json").read_text()
     (d / "a2.config.json").write_text(text[: len(text) // 2])  # a file cut short
-    with pytest.raises(SystemExit) as e:
-        results.kernel_generations(spec, d)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("results: error: run a2: ")
+    err = error_line(capsys, results.kernel_generations, spec, d)
+    assert err.startswith("results: error: run a2: ")
     assert "is not valid JSON" in err
 
 
@@ -185,11 +190,8 @@ def test_a_missing_run_is_one_error_line(docs, capsys):
     d, md, readme = docs
     manifest = d / "m.yaml"
     manifest.write_text("table_a:\n  - {model: fc, method: sgd, runs: [nowhere]}\n")
-    with pytest.raises(SystemExit) as e:
-        results.tables(manifest, d, md, readme)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "run nowhere:" in err and "collect" in err
+    err = error_line(capsys, results.tables, manifest, d, md, readme)
+    assert "run nowhere:" in err and "collect" in err
 
 
 @pytest.mark.parametrize("seeds", ["3", 0, 2.5, "true"])
@@ -200,11 +202,8 @@ def test_a_bad_seeds_count_is_one_error_line(docs, capsys, seeds):
     manifest.write_text(f"table_a: []\ntable_b:\n  - {{name: G, model: fc, method: rbd, seeds: {seeds!r}, "
                         "candidates: [{runs: [a-s0]}]}\n")
     before = md.read_text()
-    with pytest.raises(SystemExit) as e:
-        results.tables(manifest, d, md, readme)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "group 'G': seeds" in err and "≥ 1" in err
+    err = error_line(capsys, results.tables, manifest, d, md, readme)
+    assert "group 'G': seeds" in err and "≥ 1" in err
     assert md.read_text() == before                      # nothing written
 
 
@@ -213,11 +212,8 @@ def test_a_manifest_without_table_a_is_one_error_line(docs, capsys, text):
     d, md, readme = docs
     (d / "m.yaml").write_text(text)
     before = md.read_text()
-    with pytest.raises(SystemExit) as e:
-        results.tables(d / "m.yaml", d, md, readme)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no table_a list" in err
+    err = error_line(capsys, results.tables, d / "m.yaml", d, md, readme)
+    assert "no table_a list" in err
     assert md.read_text() == before
 
 
@@ -252,11 +248,8 @@ def test_a_mistake_in_the_manifest_is_one_error_line_naming_it(docs, capsys, tex
     write_run(d, "a-s0", 0.90, 0.70, method="rbd")
     (d / "m.yaml").write_text(text)
     before = md.read_text(), readme.read_text()
-    with pytest.raises(SystemExit) as e:
-        results.tables(d / "m.yaml", d, md, readme)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and fragment in err, err
+    err = error_line(capsys, results.tables, d / "m.yaml", d, md, readme)
+    assert fragment in err, err
     assert (md.read_text(), readme.read_text()) == before  # nothing written
 
 
@@ -266,10 +259,7 @@ def test_collect_checks_every_run_before_it_copies_one(tmp_path, capsys):
     for name in ("a", "b"):
         (rundir / f"{name}.h5").write_bytes(b"")
     (rundir / "a.jsonl").write_text("{}\n")
-    with pytest.raises(SystemExit) as e:
-        results.collect(rundir, ["a", "b"], metrics)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
+    err = error_line(capsys, results.collect, rundir, ["a", "b"], metrics)
     assert err == f"results: error: run b: {rundir}/b.jsonl is missing (collect copies the " \
                   "metrics a run wrote with --metrics b.jsonl)"
     assert not metrics.exists()  # a's files were not copied either
