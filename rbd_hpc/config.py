@@ -45,7 +45,7 @@ FPD_VARIANTS = ("li", "official")
 PAPER_PROTOCOL = {
     "epochs": 100, "batch_size": 32, "val_size": 10000, "augment": True,
     "dist": "gaussian", "normalize": "expected", "antithetic": False, "compartments": "network",
-    "redraw_every": 1, "schedule": "constant", "momentum": 0.0, "weight_decay": 0.0,
+    "redraw_every": 1, "schedule": "constant", "lr_min": 0.0, "momentum": 0.0, "weight_decay": 0.0,
     "svrg_every": 0, "sigma": 0.01, "nes": "paper", "mask_update": "published",
     "fpd": "official",
 }
@@ -58,7 +58,7 @@ PAPER_FIELDS_BY_METHOD = {
     "sgd": ("momentum", "weight_decay"),
 }
 _SPARSE_FIELDS = ("mask_update", "momentum", "weight_decay")  # rigl, set, static
-_COMMON_PAPER_FIELDS = ("epochs", "batch_size", "val_size", "augment", "schedule")
+_COMMON_PAPER_FIELDS = ("epochs", "batch_size", "val_size", "augment", "schedule", "lr_min")
 MAX_THREADS = 4096   # torch's thread count is a C int; beyond any node's cores anyway
 MAX_LR = 1e30        # float32 overflows near 3.4e38: a step would turn θ into inf
 DEVICES = ("cpu", "cuda", "ipu")
@@ -170,6 +170,9 @@ class TrainConfig:
                              "Fashion-MNIST epoch at batch 32); 0: off", at_least=0,
                              rule="a number of steps ≥ 1 (0: off)")
     schedule: str = option("constant", "learning-rate schedule", choices=SCHEDULES)
+    lr_min: float = option(0.0, "cosine schedule: the rate falls from --lr to this floor instead "
+                           "of to 0 (torch's CosineAnnealingLR eta_min); 0 ≤ it < --lr",
+                           at_least=0, rule="a finite number ≥ 0")
     seed: int = option(0, "root seed of the seed schedule", at_least=0, rule="in [0, 2**63)")
     data_dir: str | None = option(None, "data directory (default $RBD_DATA, or the Debian "
                                   "Fashion-MNIST package)", resume_free=True)
@@ -236,6 +239,11 @@ class TrainConfig:
             self.lr = base_lr(self.model, self.dataset, self.method) * self.batch_size
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
             raise UserError(f"--lr {self.lr} must be a positive finite number (at most {MAX_LR:g})")
+        if self.lr_min and self.schedule != "cosine":
+            raise UserError(f"--lr-min {self.lr_min} is the floor of --schedule cosine; "
+                            f"--schedule {self.schedule} has none")
+        if not (math.isfinite(self.lr_min) and self.lr_min < self.lr):
+            raise UserError(f"--lr-min {self.lr_min} must be a finite number below --lr {self.lr:g}")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
         if self.momentum and self.method not in MOMENTUM_METHODS:

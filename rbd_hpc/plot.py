@@ -49,6 +49,8 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
     label += f" lr {cfg['lr']:g}"
     if cfg.get("schedule", "constant") != "constant":
         label += f" {cfg['schedule']}"
+    if cfg.get("lr_min"):
+        label += f" to {cfg['lr_min']:g}"
     if cfg.get("momentum"):
         label += f" mom {cfg['momentum']:g}"
     if cfg.get("weight_decay"):

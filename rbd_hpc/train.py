@@ -52,7 +52,8 @@ def resolve_device(name: str) -> torch.device:
 
 def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+        floor = cfg.lr_min
+        return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * step / total))
     return cfg.lr
 
 

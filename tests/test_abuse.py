@@ -41,7 +41,7 @@ def quick(*args, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(idx_dir, tmp_path_factory) -> Path:
-    """A small finished RBD run (format 2), 30 steps, snapshots every 10."""
+    """A small finished RBD run (the current format), 30 steps, snapshots every 10."""
     out = tmp_path_factory.mktemp("abuse") / "run.h5"
     proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "30", "--d", "8",
                    "--dist", "srht", "--snapshot-every", "10", "--out", out)
@@ -142,9 +142,10 @@ def cfg_edit(**change):
     (cfg_edit(d=9), "makes 9 coefficients per step but its rows hold 8"),
     (cfg_edit(threads=2**31), "--threads 2147483648 must be at most 4096"),
     (cfg_edit(model=...), "lacks key(s) ['model']"),
+    (cfg_edit(lr_min=...), "lacks key(s) ['lr_min']"),  # format 6 always writes it
     (cfg_edit(seed=1.5), "--seed 1.5 must be an integer"),
 ], ids=["missing", "not-json", "list", "unknown-key", "string-d", "d-vs-rows", "threads",
-        "no-model", "float-seed"])
+        "no-model", "no-lr-min", "float-seed"])
 def test_an_edited_config_is_one_line(run, tmp_path, edit, fragment):
     bad = copy(run, tmp_path / "bad.h5")
     edit_config(bad, edit, forge=False)
@@ -155,6 +156,21 @@ def test_an_edited_config_is_one_line(run, tmp_path, edit, fragment):
         edit_config(bad, lambda a: None, forge=True)
     for cmd in (["replay", bad], ["train", "--resume", bad]):
         assert_user_error(quick(*cmd), fragment)
+
+
+def test_a_format_5_file_without_the_cosine_floor_reads_as_none_and_resumes_bitwise(run, tmp_path):
+    old = copy(run, tmp_path / "old.h5")
+    edit_config(old, cfg_edit(lr_min=...), forge=True)
+    with h5py.File(old, "r+") as f:
+        f.attrs["format_version"] = 5  # not covered by the header checksum
+    with RunFile(old) as r:
+        assert (r.version, r.config().lr_min) == (5, 0.0)
+    proc = quick("replay", old, "--verify")
+    assert proc.returncode == 0 and "verify: OK over 30 steps" in proc.stdout, proc.stdout
+    with h5py.File(old, "r+") as f:
+        f["commit"][...] = [15, 2]  # steps 0..14 and the snapshots at 0 and 10
+    assert quick("train", "--resume", old).returncode == 0
+    assert np.array_equal(final_theta(old), final_theta(run))
 
 
 # -- one writer per run file --------------------------------------------------------------------

@@ -40,6 +40,11 @@ from rbd_hpc.config import TrainConfig
     (["--weight-decay", "nan"], ["--weight-decay nan must be a finite number ≥ 0"]),
     (["--weight-decay", "4", "--lr", "0.5"],
      ["--weight-decay 4.0 with --lr 0.5 scales θ by 1 − ηλ = -1 per step; ηλ must be below 1"]),
+    (["--lr-min", "0.1"], ["--lr-min 0.1 is the floor of --schedule cosine; --schedule constant has none"]),
+    (["--schedule", "cosine", "--lr", "0.2", "--lr-min", "0.2"],
+     ["--lr-min 0.2 must be a finite number below --lr 0.2"]),
+    (["--schedule", "cosine", "--lr-min", "-0.1"], ["--lr-min -0.1 must be a finite number ≥ 0"]),
+    (["--schedule", "cosine", "--lr-min", "inf"], ["--lr-min inf must be a finite number ≥ 0"]),
 ])
 def test_bad_train_arguments(args, fragments, idx_dir):
     assert_user_error(run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1", *args), *fragments)
@@ -327,6 +332,7 @@ def test_plot_labels_tell_runs_apart():
     assert label(dist="srht") == "rbd fc d=250 srht lr 0.5"
     assert label(dist="srht", lr=4, schedule="cosine", compartments="layer") == \
         "rbd fc d=250 srht layer lr 4 cosine"
+    assert label(dist="srht", lr=4, schedule="cosine", lr_min=0.5) == "rbd fc d=250 srht lr 4 cosine to 0.5"
     assert label(dist="srht", compartments="layer", allocate="equal") == "rbd fc d=250 srht layer equal lr 0.5"
     assert label(dist="srht", compartments="layer", d_per_compartment=125) == \
         "rbd fc d=125/compartment srht layer lr 0.5"

@@ -46,10 +46,12 @@ def test_custom_protocol_keeps_rbd_hpc_defaults_and_lists_no_deviation():
 
 
 def test_every_deviation_from_the_paper_is_listed():
-    cfg = paper(method="rbd", dist="srht", lr=1.0, schedule="cosine", steps=40, val_size=5000)
+    cfg = paper(method="rbd", dist="srht", lr=1.0, schedule="cosine", lr_min=0.1, steps=40,
+                val_size=5000)
     assert cfg.deviations() == [
         "--steps 40 (paper: 100 epochs)", "--val-size 5000 (paper: 10000)",
-        "--schedule cosine (paper: constant)", "--dist srht (paper: gaussian)",
+        "--schedule cosine (paper: constant)", "--lr-min 0.1 (paper: 0)",
+        "--dist srht (paper: gaussian)",
         "--lr 1 (paper: 0.5)"]
     assert paper(method="nes", nes="same-batch").deviations() == [
         "--nes same-batch (paper: paper)"]
@@ -173,8 +175,8 @@ def test_format_3_and_older_run_files_keep_the_variants_they_were_trained_with()
     from conftest import ROOT
     with RunFile(ROOT / "tests" / "data" / "written_by_0.1.0.h5") as run:
         cfg = run.config()
-    assert (cfg.protocol, cfg.nes, cfg.mask_update, cfg.kernels) == (
-        "custom", "same-batch", "rbd-hpc-0.1", 1)
+    assert (cfg.protocol, cfg.nes, cfg.mask_update, cfg.kernels, cfg.lr_min) == (
+        "custom", "same-batch", "rbd-hpc-0.1", 1, 0.0)
 
 
 @pytest.mark.parametrize("method", ["rbd", "fpd", "nes"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import subprocess
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import assert_user_error, final_theta, run_cli, venv_bin, wait_for_commits
+from rbd_hpc.config import TrainConfig
 from rbd_hpc.runlog import RunFile, RunWriter, crc32, row_crc, run_attrs
+from rbd_hpc.train import learning_rate
 
 pytestmark = pytest.mark.timeout(600)
 TINY = ["--val-size", "64", "--batch-size", "32", "--threads", "1", "--no-progress"]
@@ -332,6 +335,40 @@ def test_rbd_weight_decay_with_a_schedule_replays_and_resumes_bitwise(idx_dir, t
         f["commit"][...] = [23, 2]  # steps 0..22 and the snapshots at 0 and 15
     train(idx_dir, cut, "--resume", cut)
     assert np.array_equal(final_theta(cut), final_theta(ref))
+
+
+def test_the_cosine_floor_is_the_logged_rate_and_a_floored_run_replays_and_resumes_bitwise(
+        idx_dir, tmp_path):
+    total, lr, floor = 40, 0.3, 0.1
+    ref = tmp_path / "floor.h5"
+    args = ["--steps", str(total), "--d", "24", "--snapshot-every", "15", "--lr", str(lr),
+            "--schedule", "cosine", "--lr-min", str(floor)]
+    train(idx_dir, ref, *args)
+    with RunFile(ref) as run:
+        logged = run.steps(0, total)["lr"]
+    expected = [floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t / total))
+                for t in range(total)]
+    assert logged.tolist() == expected  # float64, exactly the schedule
+    assert logged[0] == lr and floor < logged[-1] < floor + 1e-3
+    proc = run_cli("replay", ref, "--verify")
+    assert "verify: OK over 40 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    cut = copy(ref, tmp_path / "cut.h5")
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [23, 2]  # steps 0..22 and the snapshots at 0 and 15
+    train(idx_dir, cut, "--resume", cut)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
+    # the floor changes the trajectory, so a resume may not change it
+    assert_user_error(train(idx_dir, cut, "--resume", cut, "--lr-min", "0.05", check=False),
+                      "config differs from the run file in lr_min")
+
+
+def test_a_cosine_schedule_without_a_floor_keeps_its_rates_bit_for_bit():
+    """--lr-min 0 must leave every cosine run of earlier versions on its trajectory: their
+    resume recomputes the rate, which was lr · 0.5 · (1 + cos(π t / T))."""
+    cfg = TrainConfig.from_preset("cnn-fmnist", lr=0.25, schedule="cosine", epochs=100)
+    total = 156200
+    for t in range(0, total + 1, 7):
+        assert learning_rate(cfg, t, total) == 0.25 * 0.5 * (1.0 + math.cos(math.pi * t / total))
 
 
 def test_sigkill_at_random_moments_then_resume_is_bitwise(idx_dir, tmp_path):
