@@ -129,6 +129,17 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def cut_and_resume(idx_dir, ref: Path, cut: Path, rows: int, snapshots: int) -> Path:
+    """Copy ``ref`` to ``cut`` with only ``rows`` step rows and ``snapshots`` snapshots
+    committed, as a killed writer leaves it, resume it, and require θ bitwise equal to ref's."""
+    copy(ref, cut)
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [rows, snapshots]
+    train(idx_dir, cut, "--resume", cut)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
+    return cut
+
+
 def test_a_changed_coefficient_is_caught(rbd_run, tmp_path):
     bad = copy(rbd_run, tmp_path / "bad.h5")
     with h5py.File(bad, "r+") as f:
@@ -306,11 +317,8 @@ def test_rbd_momentum_replays_seeks_and_resumes_bitwise(idx_dir, tmp_path):
         seek.replay_step(theta_t, 20, float(rows["lr"][0]), torch.from_numpy(rows["coefficients"][0]))
         assert not np.array_equal(theta_t.numpy(), replay_to(run, 21, method=full))
     # a commit between snapshots: resume rebuilds θ and the velocity by replay, then continues
-    cut = copy(ref, tmp_path / "cut.h5")
-    with h5py.File(cut, "r+") as f:
-        f["commit"][...] = [33, 2]  # steps 0..32 and the snapshots at 0 and 20
-    train(idx_dir, cut, "--resume", cut)
-    assert np.array_equal(final_theta(cut), final_theta(ref))
+    # steps 0..32 and the snapshots at 0 and 20
+    cut = cut_and_resume(idx_dir, ref, tmp_path / "cut.h5", 33, 2)
     with RunFile(ref) as a, RunFile(cut) as b:  # epoch 2 (steps 18..35) was cut at 33
         assert exact_metrics(b.metrics()) == exact_metrics(a.metrics())
     assert run_cli("replay", cut, "--verify").returncode == 0
@@ -330,11 +338,8 @@ def test_rbd_weight_decay_with_a_schedule_replays_and_resumes_bitwise(idx_dir, t
         # the same logged coefficients for the first step; the decay is what separates θ
         assert np.array_equal(run.steps(0, 1)["coefficients"], other.steps(0, 1)["coefficients"])
         assert np.linalg.norm(final_theta(ref)) < 0.99 * np.linalg.norm(final_theta(plain))
-    cut = copy(ref, tmp_path / "cut.h5")
-    with h5py.File(cut, "r+") as f:
-        f["commit"][...] = [23, 2]  # steps 0..22 and the snapshots at 0 and 15
-    train(idx_dir, cut, "--resume", cut)
-    assert np.array_equal(final_theta(cut), final_theta(ref))
+    # steps 0..22 and the snapshots at 0 and 15
+    cut_and_resume(idx_dir, ref, tmp_path / "cut.h5", 23, 2)
 
 
 def test_the_cosine_floor_is_the_logged_rate_and_a_floored_run_replays_and_resumes_bitwise(
@@ -352,11 +357,8 @@ def test_the_cosine_floor_is_the_logged_rate_and_a_floored_run_replays_and_resum
     assert logged[0] == lr and floor < logged[-1] < floor + 1e-3
     proc = run_cli("replay", ref, "--verify")
     assert "verify: OK over 40 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
-    cut = copy(ref, tmp_path / "cut.h5")
-    with h5py.File(cut, "r+") as f:
-        f["commit"][...] = [23, 2]  # steps 0..22 and the snapshots at 0 and 15
-    train(idx_dir, cut, "--resume", cut)
-    assert np.array_equal(final_theta(cut), final_theta(ref))
+    # steps 0..22 and the snapshots at 0 and 15
+    cut = cut_and_resume(idx_dir, ref, tmp_path / "cut.h5", 23, 2)
     # the floor changes the trajectory, so a resume may not change it
     assert_user_error(train(idx_dir, cut, "--resume", cut, "--lr-min", "0.05", check=False),
                       "config differs from the run file in lr_min")
