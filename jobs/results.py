@@ -16,6 +16,10 @@ text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in docs/re
             seeds (and validation averaged over each run's last ten epochs, which a constant
             learning rate makes noisy from one epoch to the next), the paper's figure and its
             ±, and how far the validation mean lies from it in the paper's standard deviations.
+  Cells     — each of the paper's eight cells against its figure, in the paper's σ: the
+            row under the paper's protocol and the row without augmentation, each read at
+            the final epoch, over the last ten epochs and at each run's best epoch, and the
+            manifest's reading of the cell (which names the measured reason where it misses).
   Agreement — srht against Gaussian directions at the last epoch all their runs reached.
   Table B — extensions. Candidates are grouped; in each group the candidate with the highest
             mean final validation accuracy is chosen, and test accuracy is printed for the
@@ -108,6 +112,18 @@ def shown(values: list[float]) -> str:
     return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f} ± —"
 
 
+def sigma(values: list[float], cell: tuple[str, str]) -> float:
+    """How far the mean of ``values`` (fractions) lies from the paper's figure for ``cell``, in
+    the paper's standard deviations."""
+    paper, pm = PAPER[cell]
+    return (100 * statistics.fmean(values) - paper) / pm
+
+
+def brief(devs: list[str]) -> str:
+    """A row's deviations without their "(paper: …)" halves: "--dist srht, --augment off"."""
+    return ", ".join(d.split(" (")[0] for d in devs)
+
+
 def row_at(rows: dict[float, dict], epoch: float) -> dict:
     """A run's last row at or before ``epoch``."""
     return rows[max(e for e in rows if e <= epoch + 1e-9)]
@@ -191,7 +207,7 @@ def table_a(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
             devs += f" ({row['note']})"
         ep = f"{s['epoch']:.4g}" + ("" if s["finished"] else " (unfinished)")
         # an unfinished row is not scored against the paper's 100-epoch figure
-        z = (f"{(100 * statistics.fmean(s['val']) - paper) / pm:+.1f}" if s["finished"]
+        z = (f"{sigma(s['val'], (model, method)):+.1f}" if s["finished"]
              else f"— (epoch {s['epoch']:.4g} of {epochs})")
         out.append(head + f"{devs} | {', '.join(map(str, s['seeds']))} | {ep} | "
                    f"{shown(s['val'])} | {shown(s['val_tail'])} | {shown(s['val_best'])} | "
@@ -284,6 +300,40 @@ def summary_b(groups: list[dict], epochs: int, metrics_dir: Path = METRICS) -> s
     return "\n".join(out)
 
 
+def cells(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
+    """Each Table 1 cell against the paper's figure: its row under the paper's protocol (the
+    one marked ``summary: true``, else its first) and its row marked ``without_augmentation:
+    true``, each as validation − paper in the paper's σ at the final epoch, over the last ten
+    epochs and at each run's best epoch (✓: within two σ as printed, to one decimal), and the
+    cell's ``reading``."""
+    out = ["| cell | paper (%) | paper's protocol: row, seeds | val − paper in σ: final / "
+           "last 10 / best epoch | without augmentation: row, seeds | val − paper in σ: final / "
+           "last 10 / best epoch | reading |", "|---|---:|---|---|---|---|---|"]
+
+    def scored(row: dict | None, augment_off: bool) -> list[str]:
+        if row is None:
+            return ["not run", "—"]
+        s = summarise(row["runs"], epochs, metrics_dir)
+        if augment_off and not any(d.startswith("--augment off") for d in s["deviations"]):
+            fail(f"table_a row {row['runs']}: marked without_augmentation, but its runs augment")
+        n = len(s["seeds"])
+        what = f"{brief(s['deviations']) or 'none'}, {n} seed{'s' if n > 1 else ''}"
+        if not s["finished"]:
+            return [what, f"— (epoch {s['epoch']:.4g} of {epochs})"]
+        zs = (round(sigma(s[k], cell), 1) for k in ("val", "val_tail", "val_best"))
+        return [what, " / ".join(f"{z:+.1f}" + (" ✓" if abs(z) <= 2 else "") for z in zs)]
+
+    for cell in dict.fromkeys((r["model"], r["method"]) for r in rows):
+        ran = [r for r in rows if (r["model"], r["method"]) == cell and r.get("runs")]
+        exact = next((r for r in ran if r.get("summary")), ran[0] if ran else None)
+        plain = next((r for r in ran if r.get("without_augmentation")), None)
+        paper, pm = PAPER[cell]
+        reading = (exact or {}).get("reading", "")
+        out.append(f"| {cell[0].upper()}-FMNIST {cell[1].upper()} | {paper:g} ± {pm:g} | "
+                   + " | ".join(scored(exact, False) + scored(plain, True)) + f" | {reading} |")
+    return "\n".join(out)
+
+
 def epoch_rows(name: str, metrics_dir: Path = METRICS) -> dict[float, dict]:
     """A run's metrics rows by epoch."""
     path = committed(metrics_dir / f"{name}.jsonl", name)
@@ -334,7 +384,7 @@ def summary(rows: list[dict], epochs: int, metrics_dir: Path = METRICS) -> str:
         seen.add(key)
         s = summarise(row["runs"], epochs, metrics_dir)
         paper, pm = PAPER[key]
-        devs = ", ".join(d.split(" (")[0] for d in s["deviations"])
+        devs = brief(s["deviations"])
         name = f"{key[0].upper()}-FMNIST {key[1].upper()}" + (f" ({devs})" if devs else "")
         ep = "" if s["finished"] else f", epoch {s['epoch']:g} of {epochs}"
         out.append(f"| {name} | {len(s['seeds'])}{ep} | {shown(s['val'])} | {shown(s['test'])} | "
@@ -419,6 +469,12 @@ def read_manifest(manifest: Path) -> dict:
     for i, row in enumerate(spec["table_a"], 1):
         check_cell(row, f"{manifest.name}: table_a row {i}")
         run_names(row.get("runs") or [], f"{manifest.name}: table_a row {i} runs")
+        if not isinstance(row.get("reading", ""), str):
+            fail(f"{manifest.name}: table_a row {i}: reading {row['reading']!r} is not text")
+    marked = [(r["model"], r["method"]) for r in spec["table_a"] if r.get("without_augmentation")]
+    for cell in {c for c in marked if marked.count(c) > 1}:
+        fail(f"{manifest.name}: table_a marks {marked.count(cell)} {cell[0]} {cell[1]} rows "
+             "without_augmentation; mark the one the cells table reads")
     for i, group in enumerate(spec.get("table_b") or [], 1):
         if not isinstance(group, dict) or not isinstance(group.get("name"), str):
             fail(f"{manifest.name}: table_b group {i} has no name")
@@ -458,12 +514,13 @@ def tables(manifest: Path = MANIFEST, metrics_dir: Path = METRICS,
     epochs = spec.get("epochs", 100)
     made = {"table-a": table_a(spec["table_a"], epochs, metrics_dir),
             "table-b": table_b(spec.get("table_b") or [], epochs, metrics_dir),
+            "cells": cells(spec["table_a"], epochs, metrics_dir),
             "agreement": agreement(spec.get("agreement") or [], metrics_dir),
             "screening": screening(spec.get("screening") or [], metrics_dir),
             "kernels": kernel_generations(spec, metrics_dir),
             "summary": summary(spec["table_a"], epochs, metrics_dir),
             "summary-b": summary_b(spec.get("table_b") or [], epochs, metrics_dir)}
-    for name in ("table-a", "table-b", "agreement", "screening", "kernels"):
+    for name in ("table-a", "cells", "table-b", "agreement", "screening", "kernels"):
         replace_block(results_md, name, made[name])
     for name in ("summary", "summary-b"):
         replace_block(readme, name, made[name])

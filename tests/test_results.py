@@ -39,6 +39,7 @@ def error_line(capsys, call, *args) -> str:
 def docs(tmp_path):
     md, readme = tmp_path / "results.md", tmp_path / "README.md"
     md.write_text("# R\n<!-- results:table-a -->\nold\n<!-- /results:table-a -->\nmid\n"
+                  "<!-- results:cells -->\n<!-- /results:cells -->\n"
                   "<!-- results:table-b -->\n<!-- /results:table-b -->\n"
                   "<!-- results:agreement -->\n<!-- /results:agreement -->\n"
                   "<!-- results:screening -->\n<!-- /results:screening -->\n"
@@ -123,6 +124,62 @@ def test_tables_are_generated_with_mean_std_deviations_and_validation_selection(
         "| S | P2 | 2 | 86.00 ± 1.41 | 80.50 ± 0.71 |",
         "| T | none finished with 3 seeds yet | — | — | — |"]
     assert made["summary-b"] in readme.read_text()
+
+
+def test_each_cell_is_scored_in_the_papers_sigma_with_and_without_augmentation(docs):
+    d, md, readme = docs
+    # FC SGD (paper 87.32 ± 0.21): with augmentation 85.00 final, 84.00 over the last ten
+    # epochs (99.5 and 100), 86.33 at the best epochs; without it 87.30, 87.80 and 86.90:
+    # 87.33 final and best (+0.06 σ), 86.33 over the last ten (−4.70 σ)
+    for s, (v, peak) in enumerate([(0.84, None), (0.86, 0.90), (0.85, 0.80)]):
+        write_run(d, f"sgd-s{s}", v, 0.5, peak=peak, protocol="paper", method="sgd", seed=s)
+    for s, v in enumerate([0.8730, 0.8780, 0.8690]):
+        write_run(d, f"plain-s{s}", v, 0.5, protocol="paper", method="sgd", augment=False,
+                  seed=s)
+    # FC RBD (paper 85.65 ± 0.2): one srht seed at 85.25 (−2.0 σ: within two σ; its last
+    # ten epochs 84.25, −7.0 σ), one unfinished
+    # plain seed; FC FPD: a row without runs
+    write_run(d, "rbd-s0", 0.8525, 0.5, protocol="paper", method="rbd", dist="srht")
+    write_run(d, "rbd-plain-s0", 0.86, 0.5, epoch=40, protocol="paper", method="rbd",
+              dist="srht", augment=False)
+    manifest = d / "m.yaml"
+    manifest.write_text(
+        "table_a:\n"
+        "  - {model: fc, method: sgd, runs: [plain-s0, plain-s1, plain-s2], without_augmentation: true}\n"
+        "  - {model: fc, method: sgd, summary: true, runs: [sgd-s0, sgd-s1, sgd-s2], reading: why}\n"
+        "  - {model: fc, method: rbd, runs: [rbd-s0]}\n"
+        "  - {model: fc, method: rbd, runs: [rbd-plain-s0], without_augmentation: true}\n"
+        "  - {model: fc, method: fpd, note: not run yet}\n")
+    made = results.tables(manifest, d, md, readme)
+    assert made["cells"].splitlines()[2:] == [
+        # the summary row is the protocol's, whatever its place; ✓ within two σ as printed
+        "| FC-FMNIST SGD | 87.32 ± 0.21 | none, 3 seeds | -11.0 / -15.8 / -4.7 | "
+        "--augment off, 3 seeds | +0.1 ✓ / -4.7 / +0.1 ✓ | why |",
+        # without a summary mark the cell's first row is the protocol's; an unfinished row is
+        # not scored against the paper's 100-epoch figure
+        "| FC-FMNIST RBD | 85.65 ± 0.2 | --dist srht, 1 seed | -2.0 ✓ / -7.0 / -2.0 ✓ | "
+        "--augment off, --dist srht, 1 seed | — (epoch 40 of 100) |  |",
+        "| FC-FMNIST FPD | 77.3 ± 0.29 | not run | — | not run | — |  |"]
+    assert made["cells"] in md.read_text()
+
+
+@pytest.mark.parametrize("rows,fragment", [
+    ("  - {model: fc, method: sgd, runs: [a-s0], without_augmentation: true}\n",
+     "table_a row ['a-s0']: marked without_augmentation, but its runs augment"),
+    ("  - {model: fc, method: rbd, runs: [b-s0], without_augmentation: true}\n" * 2,
+     "table_a marks 2 fc rbd rows without_augmentation; mark the one the cells table reads"),
+    ("  - {model: fc, method: rbd, runs: [b-s0], reading: [x]}\n",
+     "table_a row 1: reading ['x'] is not text"),
+])
+def test_a_wrong_cell_mark_is_one_error_line(docs, capsys, rows, fragment):
+    d, md, readme = docs
+    write_run(d, "a-s0", 0.90, 0.70, protocol="paper", method="sgd")
+    write_run(d, "b-s0", 0.90, 0.70, protocol="paper", method="rbd", augment=False)
+    (d / "m.yaml").write_text("table_a:\n" + rows)
+    before = md.read_text(), readme.read_text()
+    err = error_line(capsys, results.tables, d / "m.yaml", d, md, readme)
+    assert fragment in err, err
+    assert (md.read_text(), readme.read_text()) == before  # nothing written
 
 
 def test_screening_reads_every_run_at_one_epoch_and_never_prints_test(docs):
