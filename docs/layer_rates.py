@@ -93,7 +93,8 @@ for at in steps:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         g = flat.gradient() if anchor is None else anchor.correct(flat.gradient(), x, y)
         for span, chunk in step_chunks(method.basis, method.compartments, method.key_step(at + k),
-                                       method.directions_per_compartment, method.chunk_size):
+                                       method.directions_per_compartment, method.chunk_size,
+                                       rates=method.rates):
             step_u = chunk.combine(chunk.project(g[span]))  # equal-size neighbours go together
             for c, comp in enumerate(compartments):
                 if span.start <= comp["start"] < span.stop:
@@ -103,6 +104,7 @@ for at in steps:
                     A[c] += float(full[part] @ u[part]) / BATCHES
                     B[c] += curvature(u) / BATCHES
     print(f"step {at} (rate {lr:.4g}{', svrg' if anchor else ''}):")
-    for comp, a, b in zip(compartments, A, B):
+    for comp, a, b, s in zip(compartments, A, B, method.rates or [1.0] * len(compartments)):
+        own = f" {lr * s:.4g}, --lr-scale {s:g}" if s != 1.0 else ""  # the compartment's own rate
         print(f"  {comp['name']:<8} D={comp['stop'] - comp['start']:>6} d={comp['d']:>3}  A={a:.3g}  B={b:.3g}  "
-              f"η*={a / b:.3g} ({a / b / lr:.2g}× the rate)", flush=True)
+              f"η*={a / b:.3g} ({a / b / (lr * s):.2g}× the rate{own})", flush=True)

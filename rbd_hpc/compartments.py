@@ -165,3 +165,34 @@ def build_compartments(param_sizes: list[tuple[str, int]], scheme: str,
         ds = split_d(sizes, d_total, allocate)
     return [Compartment(i, start, stop, d, name)
             for i, ((name, start, stop), d) in enumerate(zip(segs, ds))]
+
+
+def parse_rate_scales(text: str) -> dict[str, float]:
+    """``--lr-scale NAME=X,NAME=X`` → {NAME: X}: each X a positive finite number, each NAME
+    once. Which names exist is known only with the model (``compartment_rates``)."""
+    scales: dict[str, float] = {}
+    for item in text.split(","):
+        name, eq, value = (part.strip() for part in item.partition("="))
+        try:
+            x = float(value) if eq and name else math.nan
+        except ValueError:
+            x = math.nan
+        if not (math.isfinite(x) and x > 0):
+            raise UserError(f"--lr-scale {text!r}: {item.strip()!r} must be NAME=X with X a positive "
+                            f"finite number, e.g. fc1=3,fc2=4")
+        if name in scales:
+            raise UserError(f"--lr-scale {text!r} names compartment {name!r} twice")
+        scales[name] = x
+    return scales
+
+
+def compartment_rates(compartments: list[Compartment], text: str | None) -> list[float]:
+    """Each compartment's multiplier of the learning rate under ``--lr-scale`` (1 where the
+    flag does not name it); a name that is no compartment is a UserError listing them."""
+    scales = parse_rate_scales(text) if text is not None else {}
+    names = [c.name for c in compartments]
+    unknown = [n for n in scales if n not in names]
+    if unknown:
+        raise UserError(f"--lr-scale names {unknown[0]!r}, which is not a compartment of this run; "
+                        f"its compartments are {', '.join(names)}")
+    return [scales.get(n, 1.0) for n in names]

@@ -24,7 +24,7 @@ import yaml
 
 from .bases import BasisConfig
 from .kernels import CURRENT, KERNELS
-from .compartments import allocation_weight, segments
+from .compartments import allocation_weight, parse_rate_scales, segments
 from .data import DATASETS
 from .errors import UserError, choice_error, require_choice, require_positive
 from .methods import (GRADIENT_METHODS, METHODS, MODES, MOMENTUM_METHODS, SPARSITY_DISTRIBUTIONS,
@@ -173,6 +173,10 @@ class TrainConfig:
     lr_min: float = option(0.0, "cosine schedule: the rate falls from --lr to this floor instead "
                            "of to 0 (torch's CosineAnnealingLR eta_min); 0 ≤ it < --lr",
                            at_least=0, rule="a finite number ≥ 0")
+    lr_scale: str | None = option(None, "per-compartment multipliers of the rate, NAME=X,… "
+                                  "(rbd): compartment NAME steps at X·η, the others at η; the "
+                                  "names are those --compartments makes (e.g. layer: fc1=3,fc2=4; "
+                                  "rbd-hpc inspect lists them); weight decay stays at η")
     seed: int = option(0, "root seed of the seed schedule", at_least=0, rule="in [0, 2**63)")
     data_dir: str | None = option(None, "data directory (default $RBD_DATA, or the Debian "
                                   "Fashion-MNIST package)", resume_free=True)
@@ -244,6 +248,14 @@ class TrainConfig:
                             f"--schedule {self.schedule} has none")
         if not (math.isfinite(self.lr_min) and self.lr_min < self.lr):
             raise UserError(f"--lr-min {self.lr_min} must be a finite number below --lr {self.lr:g}")
+        if self.lr_scale is not None:
+            if self.method != "rbd":
+                raise UserError(f"--lr-scale {self.lr_scale} scales the steps of rbd's "
+                                f"compartments, not of --method {self.method}")
+            top = max(parse_rate_scales(self.lr_scale).values())
+            if self.lr * top > MAX_LR:
+                raise UserError(f"--lr-scale {self.lr_scale} with --lr {self.lr:g} gives a rate "
+                                f"above {MAX_LR:g}")
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"--momentum {self.momentum} must be in [0, 1)")
         if self.momentum and self.method not in MOMENTUM_METHODS:
@@ -293,6 +305,8 @@ class TrainConfig:
         if self.method != "sgd" and paper_d is not None and self.d != paper_d:
             out.append(f"--d {self.d} (paper: {paper_d})")
         directions = "dist" in PAPER_FIELDS_BY_METHOD.get(self.method, ())  # rbd, fpd, nes
+        if self.lr_scale is not None:
+            out.append(f"--lr-scale {self.lr_scale} (paper: one rate for the network)")
         if self.d_per_compartment is not None:
             out.append(f"--d-per-compartment {self.d_per_compartment} (paper: one d for the "
                        "network)")

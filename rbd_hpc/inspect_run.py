@@ -5,6 +5,7 @@ import dataclasses
 import json
 import statistics
 
+from .compartments import parse_rate_scales
 from .runlog import RunFile, platform_record
 
 _EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -15,11 +16,14 @@ _COUNTS = ("epoch", "step", "bytes_per_step", "recv_bytes_per_step", "calls_per_
 
 
 def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int) -> str:
-    """Each compartment's directions per step against its size, e.g. ``fc1 21/100,480``."""
+    """Each compartment's directions per step against its size, e.g. ``fc1 21/100,480``, and
+    its rate where --lr-scale changes it (``at 3η``)."""
     rule = (f"{cfg['d_per_compartment']} each" if cfg.get("d_per_compartment")
             else cfg.get("allocate", "size"))
     times = f"×{ranks}" if mode == "per-rank" and ranks > 1 else ""
-    parts = [f"{c['name']} {c['d']}{times}/{c['stop'] - c['start']:,}" for c in compartments]
+    scales = parse_rate_scales(cfg["lr_scale"]) if cfg.get("lr_scale") else {}
+    parts = [f"{c['name']} {c['d']}{times}/{c['stop'] - c['start']:,}"
+             + (f" at {scales[c['name']]:g}η" if c["name"] in scales else "") for c in compartments]
     return f"compartments  {cfg.get('compartments', 'network')} ({rule}): " + ", ".join(parts)
 
 

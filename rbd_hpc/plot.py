@@ -51,6 +51,8 @@ def run_label(cfg: dict, with_d: bool = True) -> str:
         label += f" {cfg['schedule']}"
     if cfg.get("lr_min"):
         label += f" to {cfg['lr_min']:g}"
+    if cfg.get("lr_scale"):
+        label += f" ×{cfg['lr_scale']}"
     if cfg.get("momentum"):
         label += f" mom {cfg['momentum']:g}"
     if cfg.get("weight_decay"):

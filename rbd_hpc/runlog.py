@@ -1,6 +1,6 @@
 """The HDF5 run file: θ0, seed schedule (config), coefficient history, snapshots.
 
-Layout (format version 6; see docs/runfile.md):
+Layout (format version 7; see docs/runfile.md):
 
   /                       attrs: format_version, config (JSON), root_seed, package_version,
                           torch_version, device_type, world_size, mode, method,
@@ -69,7 +69,7 @@ from . import __version__
 from .config import TrainConfig
 from .errors import UserError
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 # the attributes that replay and resume read, covered by header_crc32 (format 2)
 HEADER_ATTRS = ("config", "param_layout", "buffer_layout", "world_size", "mode", "method",
                 "n_coefficients", "replayable")
@@ -456,6 +456,9 @@ class RunFile:
         if self.version <= 5:
             # format 6 added the floor of the cosine schedule (--lr-min); before it, none
             values.setdefault("lr_min", 0.0)
+        if self.version <= 6:
+            # format 7 added per-compartment rate multipliers (--lr-scale); before it, none
+            values.setdefault("lr_scale", None)
         missing = sorted(TrainConfig.trajectory_fields() - set(values))
         if missing:
             raise UserError(f"{from_file} lacks key(s) {missing}")

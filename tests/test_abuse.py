@@ -143,9 +143,10 @@ def cfg_edit(**change):
     (cfg_edit(threads=2**31), "--threads 2147483648 must be at most 4096"),
     (cfg_edit(model=...), "lacks key(s) ['model']"),
     (cfg_edit(lr_min=...), "lacks key(s) ['lr_min']"),  # format 6 always writes it
+    (cfg_edit(lr_scale=...), "lacks key(s) ['lr_scale']"),  # format 7 always writes it
     (cfg_edit(seed=1.5), "--seed 1.5 must be an integer"),
 ], ids=["missing", "not-json", "list", "unknown-key", "string-d", "d-vs-rows", "threads",
-        "no-model", "no-lr-min", "float-seed"])
+        "no-model", "no-lr-min", "no-lr-scale", "float-seed"])
 def test_an_edited_config_is_one_line(run, tmp_path, edit, fragment):
     bad = copy(run, tmp_path / "bad.h5")
     edit_config(bad, edit, forge=False)
@@ -158,13 +159,16 @@ def test_an_edited_config_is_one_line(run, tmp_path, edit, fragment):
         assert_user_error(quick(*cmd), fragment)
 
 
-def test_a_format_5_file_without_the_cosine_floor_reads_as_none_and_resumes_bitwise(run, tmp_path):
+@pytest.mark.parametrize("version", [5, 6])
+def test_a_file_from_before_the_cosine_floor_or_the_rate_multipliers_reads_as_none_and_resumes_bitwise(
+        run, tmp_path, version):
+    """Format 6 added lr_min, format 7 lr_scale: an older file reads as the run it was."""
     old = copy(run, tmp_path / "old.h5")
-    edit_config(old, cfg_edit(lr_min=...), forge=True)
+    edit_config(old, cfg_edit(lr_scale=..., **({"lr_min": ...} if version == 5 else {})), forge=True)
     with h5py.File(old, "r+") as f:
-        f.attrs["format_version"] = 5  # not covered by the header checksum
+        f.attrs["format_version"] = version  # not covered by the header checksum
     with RunFile(old) as r:
-        assert (r.version, r.config().lr_min) == (5, 0.0)
+        assert (r.version, r.config().lr_min, r.config().lr_scale) == (version, 0.0, None)
     proc = quick("replay", old, "--verify")
     assert proc.returncode == 0 and "verify: OK over 30 steps" in proc.stdout, proc.stdout
     with h5py.File(old, "r+") as f:

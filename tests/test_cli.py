@@ -45,6 +45,17 @@ from rbd_hpc.config import TrainConfig
      ["--lr-min 0.2 must be a finite number below --lr 0.2"]),
     (["--schedule", "cosine", "--lr-min", "-0.1"], ["--lr-min -0.1 must be a finite number ≥ 0"]),
     (["--schedule", "cosine", "--lr-min", "inf"], ["--lr-min inf must be a finite number ≥ 0"]),
+    (["--lr-scale", "fc1"], ["--lr-scale 'fc1': 'fc1' must be NAME=X with X a positive finite number"]),
+    (["--lr-scale", "fc1=0"], ["--lr-scale 'fc1=0': 'fc1=0' must be NAME=X"]),
+    (["--lr-scale", "fc1=2,=3"], ["--lr-scale 'fc1=2,=3': '=3' must be NAME=X"]),
+    (["--lr-scale", "fc1=nan"], ["'fc1=nan' must be NAME=X with X a positive finite number"]),
+    (["--lr-scale", "fc1=2,fc1=3"], ["--lr-scale 'fc1=2,fc1=3' names compartment 'fc1' twice"]),
+    (["--lr-scale", "fc1=1e30", "--lr", "2"], ["--lr-scale fc1=1e30 with --lr 2 gives a rate above 1e+30"]),
+    (["--method", "sgd", "--lr-scale", "fc1=2"],
+     ["--lr-scale fc1=2 scales the steps of rbd's compartments, not of --method sgd"]),
+    (["--compartments", "layer", "--lr-scale", "fc9=2"],
+     ["--lr-scale names 'fc9', which is not a compartment of this run; its compartments are "
+      "fc1, fc2"]),
 ])
 def test_bad_train_arguments(args, fragments, idx_dir):
     assert_user_error(run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--steps", "1", *args), *fragments)
@@ -333,6 +344,7 @@ def test_plot_labels_tell_runs_apart():
     assert label(dist="srht", lr=4, schedule="cosine", compartments="layer") == \
         "rbd fc d=250 srht layer lr 4 cosine"
     assert label(dist="srht", lr=4, schedule="cosine", lr_min=0.5) == "rbd fc d=250 srht lr 4 cosine to 0.5"
+    assert label(dist="srht", lr=4, lr_scale="fc1=3") == "rbd fc d=250 srht lr 4 ×fc1=3"
     assert label(dist="srht", compartments="layer", allocate="equal") == "rbd fc d=250 srht layer equal lr 0.5"
     assert label(dist="srht", compartments="layer", d_per_compartment=125) == \
         "rbd fc d=125/compartment srht layer lr 0.5"

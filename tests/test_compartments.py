@@ -1,7 +1,9 @@
 import pytest
 
-from rbd_hpc.compartments import build_compartments, segments, split_d
+from rbd_hpc.compartments import (build_compartments, compartment_rates, parse_rate_scales, segments,
+                                  split_d)
 from rbd_hpc.errors import UserError
+from rbd_hpc.methods.update import groups
 
 FC = [("fc1.weight", 100352), ("fc1.bias", 128), ("fc2.weight", 1280), ("fc2.bias", 10)]
 
@@ -97,3 +99,36 @@ def test_d_per_compartment():
 def test_bad_scheme(bad, message):
     with pytest.raises(UserError, match=message):
         segments(FC, bad)
+
+
+CNN = [("conv1.weight", 288), ("conv1.bias", 32), ("conv2.weight", 18432), ("conv2.bias", 64),
+       ("conv3.weight", 36864), ("conv3.bias", 64), ("fc1.weight", 36864), ("fc1.bias", 64),
+       ("fc2.weight", 640), ("fc2.bias", 10)]
+
+
+def test_rate_multipliers_name_compartments_and_default_to_one():
+    comps = build_compartments(CNN, "layer", 250, allocate="equal")
+    assert parse_rate_scales("fc1=3, fc2=0.5") == {"fc1": 3.0, "fc2": 0.5}
+    assert compartment_rates(comps, "fc1=3,fc2=0.5") == [1.0, 1.0, 1.0, 3.0, 0.5]
+    assert compartment_rates(comps, None) == [1.0] * 5
+    with pytest.raises(UserError, match="--lr-scale names 'fc3', which is not a compartment of this "
+                                        "run; its compartments are conv1, conv2, conv3, fc1, fc2"):
+        compartment_rates(comps, "fc3=2")
+    for bad in ("fc1", "fc1=", "=2", "fc1=-1", "fc1=0", "fc1=inf", "fc1=x", "fc1=2,"):
+        with pytest.raises(UserError, match="must be NAME=X with X a positive finite number"):
+            parse_rate_scales(bad)
+
+
+def test_compartments_of_different_rates_are_never_transformed_together():
+    """conv3 and fc1 have the same size and d: srht batches them into one transform, unless
+    --lr-scale gives them different rates (one chunk applies one multiplier)."""
+    comps = build_compartments(CNN, "layer", 250, allocate="equal")
+    ds = [c.d for c in comps]
+    plain = [(g.first, g.count) for g in groups(comps, ds, batched=True)]
+    assert plain == [(0, 1), (1, 1), (2, 2), (4, 1)]
+    assert groups(comps, ds, batched=True, rates=[1, 1, 1, 1, 1]) == groups(comps, ds, batched=True)
+    split = groups(comps, ds, batched=True, rates=[1, 1, 1, 3, 1])
+    assert [(g.first, g.count, g.rate) for g in split] == [(0, 1, 1), (1, 1, 1), (2, 1, 1), (3, 1, 3),
+                                                           (4, 1, 1)]
+    both = groups(comps, ds, batched=True, rates=[1, 1, 2, 2, 1])
+    assert [(g.first, g.count, g.rate) for g in both] == [(0, 1, 1), (1, 1, 1), (2, 2, 2), (4, 1, 1)]

@@ -132,7 +132,7 @@ def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_p
                    "--snapshot-every", "1000", "--kernels", "1", "--out", fresh)
     assert proc.returncode == 0, proc.stderr
     with RunFile(old) as a, RunFile(fresh) as b:
-        assert a.config().kernels == b.config().kernels == 1 and a.version == 6
+        assert a.config().kernels == b.config().kernels == 1 and a.version == 7
         # the variants it was trained with are kept through the resume
         assert (a.config().nes, a.config().mask_update) == ("same-batch", "rbd-hpc-0.1")
         assert a.committed == b.committed == 20
@@ -149,14 +149,14 @@ def test_a_run_file_of_0_1_0_inspects_replays_and_resumes_bitwise(idx_dir, tmp_p
 def test_a_new_run_records_the_current_kernel_generation(idx_dir, tmp_path):
     """The config names the generation (since format 3; format 4 also the protocol and the NES
     and RigL variants; format 5 generation 3 and the platform record; format 6 the cosine
-    schedule's floor); a generation that does
+    schedule's floor; format 7 the per-compartment rate multipliers); a generation that does
     not exist is one line listing the valid ones."""
     out = tmp_path / "new.h5"
     proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "3", "--d", "4",
                    "--dist", "srht", "--out", out)
     assert proc.returncode == 0, proc.stderr
     with RunFile(out) as run:
-        assert run.version == 6 and run.config().kernels == 3
+        assert run.version == 7 and run.config().kernels == 3
         stored = json.loads(run.attrs["config"])
         assert (stored["kernels"], stored["protocol"], stored["nes"], stored["mask_update"]) == (
             3, "custom", "same-batch", "published")

@@ -53,6 +53,8 @@ def test_every_deviation_from_the_paper_is_listed():
         "--schedule cosine (paper: constant)", "--lr-min 0.1 (paper: 0)",
         "--dist srht (paper: gaussian)",
         "--lr 1 (paper: 0.5)"]
+    assert paper(method="rbd", compartments="layer", lr_scale="fc1=3").deviations() == [
+        "--compartments layer (paper: network)", "--lr-scale fc1=3 (paper: one rate for the network)"]
     assert paper(method="nes", nes="same-batch").deviations() == [
         "--nes same-batch (paper: paper)"]
     # how d is split over compartments, where it is split and not set per compartment

@@ -364,6 +364,46 @@ def test_the_cosine_floor_is_the_logged_rate_and_a_floored_run_replays_and_resum
                       "config differs from the run file in lr_min")
 
 
+def test_a_rate_multiplier_steps_its_compartment_at_the_multiplied_rate_and_replays_bitwise(
+        idx_dir, tmp_path):
+    """--lr-scale fc1=2 at rate η: after one step, fc1 is bitwise the run at rate 2η (a power of
+    two scales every product exactly) and every other compartment the run at η; a multiplier
+    of 1 is no multiplier. conv3 and fc1 are also the pair srht transforms together."""
+    cnn = ["--model", "cnn", "--dist", "srht", "--compartments", "layer", "--allocate", "equal",
+           "--d", "50", "--snapshot-every", "1"]
+    one = {}
+    for name, extra in [("eta", ["--lr", "0.25"]), ("two_eta", ["--lr", "0.5"]),
+                        ("fc1x2", ["--lr", "0.25", "--lr-scale", "fc1=2"]),
+                        ("ones", ["--lr", "0.25", "--lr-scale", "conv3=1,fc1=1"])]:
+        train(idx_dir, tmp_path / f"{name}.h5", *cnn, "--steps", "1", *extra)
+        one[name] = final_theta(tmp_path / f"{name}.h5")
+    with RunFile(tmp_path / "fc1x2.h5") as run:
+        spans = {c["name"]: slice(c["start"], c["stop"]) for c in run.layout["compartments"]}
+        assert run.config().lr_scale == "fc1=2"
+    assert list(spans) == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    for name, span in spans.items():
+        expected = one["two_eta" if name == "fc1" else "eta"][span]
+        assert np.array_equal(one["fc1x2"][span], expected), name
+    assert not np.array_equal(one["eta"][spans["fc1"]], one["two_eta"][spans["fc1"]])
+    assert np.array_equal(one["ones"], one["eta"])
+    # a longer run with momentum and a schedule replays and resumes bit for bit
+    ref = tmp_path / "scaled.h5"
+    args = [*cnn, "--steps", "30", "--snapshot-every", "10", "--lr", "0.2", "--momentum", "0.5",
+            "--schedule", "cosine", "--lr-scale", "fc1=3,fc2=0.5"]
+    train(idx_dir, ref, *args)
+    proc = run_cli("replay", ref, "--verify")
+    assert "verify: OK over 30 steps, 4 snapshots, max |diff| 0 (1 thread)" in proc.stdout, proc.stdout
+    assert ("compartments  layer (equal): conv1 10/320, conv2 10/18,496, conv3 10/36,928, "
+            "fc1 10/36,928 at 3η, fc2 10/650 at 0.5η\n") in run_cli("inspect", ref).stdout
+    cut = copy(ref, tmp_path / "cut.h5")
+    with h5py.File(cut, "r+") as f:
+        f["commit"][...] = [17, 2]  # steps 0..16 and the snapshots at 0 and 10
+    train(idx_dir, cut, "--resume", cut)
+    assert np.array_equal(final_theta(cut), final_theta(ref))
+    assert_user_error(train(idx_dir, cut, "--resume", cut, "--lr-scale", "fc1=2", check=False),
+                      "config differs from the run file in lr_scale")
+
+
 def test_a_cosine_schedule_without_a_floor_keeps_its_rates_bit_for_bit():
     """--lr-min 0 must leave every cosine run of earlier versions on its trajectory: their
     resume recomputes the rate, which was lr · 0.5 · (1 + cos(π t / T))."""

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 
 from ..bases import Basis, smooth_image_layers
-from ..compartments import Compartment, build_compartments
+from ..compartments import Compartment, build_compartments, compartment_rates
 from ..data import SHAPES
 from ..errors import UserError
 from .base import Method
@@ -48,7 +48,8 @@ def build_method(cfg, named_shapes: list[tuple[str, tuple]], comm, device,
         method = FixedProjectionDescent(compartments, basis, comm, **common,
                                         carry_coordinates=cfg.fpd == "official")
     else:
-        method = RandomBasesDescent(compartments, basis, comm, **common)
+        method = RandomBasesDescent(compartments, basis, comm, **common,
+                                    rates=compartment_rates(compartments, cfg.lr_scale))
     if cfg.keep_in_memory is None:
         method.keep_in_memory = keeps_directions(method, sum(c.size for c in compartments))
     too_many = [c for c in compartments if c.d * method.ranks > c.size]

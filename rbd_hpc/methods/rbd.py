@@ -23,6 +23,7 @@ class RandomBasesDescent(Velocity):
     θ ← θ − η v: the same d coefficients per step are exchanged and logged, and replay
     rebuilds v from them (the velocity is D floats of memory, saved in snapshots).
     With ``weight_decay`` λ > 0, θ ← (1 − ηλ) θ before each step (decoupled weight decay).
+    With ``rates`` (--lr-scale), compartment k steps at s_k·η; the decay stays at η.
 
     Modes (docs/design.md, "Two parallel modes"):
       shared   — every rank uses the same d directions on its own data shard; the
@@ -37,7 +38,8 @@ class RandomBasesDescent(Velocity):
     def __init__(self, compartments: list[Compartment], basis: Basis, comm,
                  mode: str = "shared", chunk_size: int = 50, redraw_every: int = 1,
                  world_size: int | None = None, keep_in_memory: bool = False,
-                 momentum: float = 0.0, weight_decay: float = 0.0):
+                 momentum: float = 0.0, weight_decay: float = 0.0,
+                 rates: list[float] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
         self.compartments = compartments
@@ -49,6 +51,10 @@ class RandomBasesDescent(Velocity):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.velocity = None
+        # --lr-scale: each compartment's multiplier of η (None: 1 for all, the plain plan)
+        self.rates = rates if rates and any(r != 1.0 for r in rates) else None
+        self._rate_at = ({c.start: r for c, r in zip(compartments, rates)}.__getitem__
+                         if self.rates else None)
         # per-rank mode: R·d_k directions per compartment (R from the run file on replay)
         self.ranks = (world_size or comm.size) if mode == "per-rank" else 1
         self.directions_per_compartment = [c.d * self.ranks for c in compartments]
@@ -76,12 +82,13 @@ class RandomBasesDescent(Velocity):
         key = self.key_step(step)
         if not self.keep_in_memory:
             chunks = step_chunks(self.basis, self.compartments, key,
-                                 self.directions_per_compartment, self.chunk_size)
+                                 self.directions_per_compartment, self.chunk_size,
+                                 rates=self.rates)
             return list(chunks) if listed else chunks
         if self._kept is None or self._kept[0] != key:
             self._kept = (key, list(step_chunks(self.basis, self.compartments, key,
                                                 self.directions_per_compartment, self.chunk_size,
-                                                reuse=False)))
+                                                reuse=False, rates=self.rates)))
         return self._kept[1]
 
     def one_exchange(self) -> bool:
@@ -152,4 +159,4 @@ class RandomBasesDescent(Velocity):
         velocity = self.velocity_for(theta) if self.momentum else None
         return apply_step(theta, self._chunks(step) if chunks is None else chunks, lr,
                           coefficients_for, velocity, self.momentum, self.weight_decay, combined,
-                          unfused=self.basis.config.kernels >= 3)
+                          unfused=self.basis.config.kernels >= 3, rate_at=self._rate_at)

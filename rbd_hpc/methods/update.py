@@ -27,34 +27,38 @@ class Group:
     n: int
     start: int
     stop: int
+    rate: float = 1.0
 
 
-def groups(compartments: list[Compartment], directions: list[int], batched: bool) -> list[Group]:
-    """With ``batched`` (structured bases), adjacent compartments of equal size and direction
-    count form one group, transformed together; otherwise every compartment is its own."""
+def groups(compartments: list[Compartment], directions: list[int], batched: bool,
+           rates: list[float] | None = None) -> list[Group]:
+    """With ``batched`` (structured bases), adjacent compartments of equal size, direction
+    count and rate multiplier (``rates``, --lr-scale) form one group, transformed together;
+    otherwise every compartment is its own."""
     out: list[Group] = []
-    for comp, n in zip(compartments, directions):
+    for comp, n, rate in zip(compartments, directions, rates or [1.0] * len(compartments)):
         last = out[-1] if out else None
         if (batched and last is not None and last.size == comp.size and last.n == n
-                and last.stop == comp.start):
+                and last.stop == comp.start and last.rate == rate):
             last.count += 1
             last.stop = comp.stop
         else:
-            out.append(Group(comp.index, 1, comp.size, n, comp.start, comp.stop))
+            out.append(Group(comp.index, 1, comp.size, n, comp.start, comp.stop, rate))
     return out
 
 
 def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
                 directions_per_compartment: list[int], chunk_size: int,
-                reuse: bool = True) -> Iterator:
+                reuse: bool = True, rates: list[float] | None = None) -> Iterator:
     """(θ slice, chunk) for every direction of a step, in coefficient-log order.
 
-    The plan depends only on the compartments, the direction counts and the chunk size,
-    never on the rank or the number of ranks. With ``reuse`` (the default) dense chunks
-    share scratch buffers: consume them one at a time, or pass reuse=False to list them.
+    The plan depends only on the compartments, the direction counts, the rate multipliers
+    and the chunk size, never on the rank or the number of ranks. With ``reuse`` (the
+    default) dense chunks share scratch buffers: consume them one at a time, or pass
+    reuse=False to list them.
     """
     batched = basis.config.structured
-    for g in groups(compartments, directions_per_compartment, batched):
+    for g in groups(compartments, directions_per_compartment, batched, rates):
         for chunk in basis.chunks(key_step, g.first, g.size, range(g.n), chunk_size, g.count, reuse):
             yield slice(g.start, g.stop), chunk
 
@@ -85,7 +89,8 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
                coefficients_for: Callable[[slice, object], torch.Tensor],
                velocity: torch.Tensor | None = None, momentum: float = 0.0,
                weight_decay: float = 0.0, combined: torch.Tensor | None = None,
-               unfused: bool = False) -> torch.Tensor:
+               unfused: bool = False,
+               rate_at: Callable[[int], float] | None = None) -> torch.Tensor:
     """θ_k ← θ_k − η Σ_i c_i φ_i chunk by chunk; returns the coefficients applied (float32).
 
     ``coefficients_for(span, chunk)`` supplies the chunk's coefficients: in training it
@@ -103,6 +108,11 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     from the same products: the official FPD's next forward shift, with no second pass.
 
     ``unfused``: every scaled add rounds its product first (``add_scaled_``; generation 3).
+
+    ``rate_at(start)``: the rate multiplier s_k of the chunk whose θ slice starts at ``start``
+    (--lr-scale; a group holds compartments of one multiplier): its coefficients enter the
+    step as s_k·c_i, so the compartment steps at s_k·η, through the velocity too. The applied
+    coefficients returned (and logged) are the c_i; a multiplier of 1 multiplies nothing.
     """
     decay_(theta, lr, weight_decay)
     if velocity is None:
@@ -112,7 +122,8 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     applied = []
     for span, chunk in chunks:
         c = coefficients_for(span, chunk).to(torch.float32)
-        direction = chunk.combine(c)
+        rate = 1.0 if rate_at is None else rate_at(span.start)
+        direction = chunk.combine(c if rate == 1.0 else c * rate)
         add_scaled_(target[span], direction, scale, unfused)
         if combined is not None:
             combined[span].add_(direction)
