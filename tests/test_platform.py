@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rbd_hpc import kernels
-from rbd_hpc.runlog import RunFile
+from rbd_hpc.runlog import FORMAT_VERSION, RunFile
 
 from conftest import run_cli
 
@@ -132,7 +132,8 @@ def test_a_file_without_a_record_resumes_and_says_what_is_not_known(idx_dir, tmp
                       "property name enclosed in double quotes: line 1 column 2 (char 1))"),
         ("[[0, 7]]", "unreadable (the platforms attribute is damaged: not a non-empty list of "
                      "[first step, platform] pairs)"),
-        (None, "not recorded (the platforms attribute is missing from this format-6 file)"),
+        (None, f"not recorded (the platforms attribute is missing from this format-{FORMAT_VERSION} "
+               "file)"),
     ]
     for value, says in damaged:
         with h5py.File(run, "r+") as f:
