@@ -39,7 +39,7 @@ flat = FlatParameters(model)
 method = method_for(run)
 compartments = run.layout["compartments"]
 rng = np.random.default_rng(0)
-big = rng.choice(len(data.train.y), 10000, replace=False)
+big = rng.choice(len(data.train.y), min(10000, len(data.train.y)), replace=False)
 hess = big[:512]
 stream = BatchStream(data.train, cfg.seed, cfg.batch_size, 0, 1, False, cfg.dataset)
 
@@ -50,7 +50,7 @@ def set_theta(theta) -> None:
 
 def gradient(idx: np.ndarray) -> torch.Tensor:
     """The mean gradient at the current θ over training samples ``idx`` (an anchor pass)."""
-    pass_ = Anchor(model, "cpu", standardize=False)
+    pass_ = Anchor(model, "cpu")
     pass_.refresh(flat.theta.detach(), Split(data.train.x[idx], data.train.y[idx]),
                   (0, len(idx)), 1.0 / len(idx))
     return pass_.mu
@@ -76,7 +76,7 @@ for at in steps:
     lr = float(run.steps(at, at + 1)["lr"][0])
     anchor = None
     if cfg.svrg_every:  # θ̃ and μ̃ of the anchor that step `at` used, as in training
-        anchor = Anchor(model, "cpu", standardize=False)
+        anchor = Anchor(model, "cpu")
         anchor.refresh(torch.as_tensor(np.asarray(replay_to(run, anchor_step(at, cfg.svrg_every)),
                                                   np.float32)),
                        data.train, (0, len(data.train.y)), 1.0 / len(data.train.y))

@@ -19,7 +19,7 @@ from rbd_hpc.data import Split
 torch.set_num_threads(1)
 sizes = [int(b) for b in sys.argv[1:]] or [128, 1000] * 3
 h = Harness("cnn", "fmnist", 32, torch.device("cpu"))
-anchor = svrg.Anchor(h.model, torch.device("cpu"), standardize=False)
+anchor = svrg.Anchor(h.model, torch.device("cpu"))
 n = 11000
 gen = torch.Generator().manual_seed(1)
 images = Split(torch.randint(0, 256, (n, 28, 28, 1), generator=gen, dtype=torch.uint8).numpy(),

@@ -1,0 +1,66 @@
+"""The scripts whose output docs/results.md quotes still run on today's package.
+
+They are not part of the package, so nothing else would notice an API they use changing
+(layer_rates.py and pass_batch.py once called ``Anchor`` with an argument it had lost)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, needs_fmnist, run_cli
+
+pytestmark = pytest.mark.timeout(600)
+TINY = ["--val-size", "64", "--batch-size", "32", "--threads", "1", "--no-progress"]
+CNN = ["conv1", "conv2", "conv3", "fc1", "fc2"]
+
+
+def script(name: str, *args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / name), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cnn_run(idx_dir, tmp_path_factory):
+    """A tiny CNN RBD run with SVRG anchors and the dense layer fc1 at twice the rate."""
+    out = tmp_path_factory.mktemp("docs") / "cnn.h5"
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--model", "cnn", "--dist", "srht",
+                   "--compartments", "layer", "--allocate", "equal", "--d", "50", "--lr", "0.2",
+                   "--svrg-every", "8", "--lr-scale", "fc1=2", "--steps", "12",
+                   "--snapshot-every", "6", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_layer_rates_prints_each_compartments_best_rate_against_its_own(cnn_run):
+    lines = script("layer_rates.py", cnn_run, 6).stdout.splitlines()
+    assert lines[0] == "step 6 (rate 0.2, svrg):"
+    assert [line.split()[0] for line in lines[1:]] == CNN
+    row = re.compile(r"  (\w+) +D= *\d+ d= 10  A=\S+  B=\S+  η\*=\S+ \(\S+× the rate(.*)\)")
+    own = [row.fullmatch(line).group(2) for line in lines[1:]]
+    assert own == ["", "", "", " 0.4, --lr-scale 2", ""]
+
+
+def test_loss_clip_scores_a_run_file(cnn_run):
+    out = script("loss_clip.py", cnn_run).stdout
+    assert re.search(r"train loss \d\.\d+; p_y < 1e-7: \d+; p_y > 1-1e-7: \d+", out), out
+
+
+def test_pass_batch_times_an_anchor_pass():
+    out = script("pass_batch.py", "1000").stdout
+    assert re.fullmatch(r"batch  1000: \d+\.\d{3} ms an image\n", out), out
+
+
+@needs_fmnist()
+def test_gradient_share_compares_two_bases_at_three_snapshots(idx_dir, tmp_path):
+    run = tmp_path / "fc.h5"
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--dist", "srht", "--compartments",
+                   "layer", "--steps", "12", "--snapshot-every", "2", "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    lines = script("gradient_share.py", run).stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 2", "step 10", "step 12"]
+    assert all("share of ‖g_fc1‖² in 125 directions: srht 0." in line for line in lines)
