@@ -87,6 +87,26 @@ def test_momentum_keeps_ranks_identical_sends_d_floats_and_replays(mode, idx_dir
     assert "verify: OK over 12 steps, 4 snapshots, max |diff| 0" in proc.stdout, proc.stdout
 
 
+@pytest.mark.parametrize("mode", ["shared", "per-rank"])
+def test_a_rate_multiplier_keeps_ranks_identical_sends_d_floats_and_replays(mode, idx_dir,
+                                                                             tmp_path):
+    """--lr-scale is config on every rank: the exchange is the same d floats, the ranks stay
+    identical step by step, and per-rank mode with R ranks is one process with R·d."""
+    scaled = ["--compartments", "layer", "--allocate", "equal", "--dist", "srht",
+              "--lr-scale", "fc1=3,fc2=0.5",
+              "--steps", "12", "--snapshot-every", "5"]
+    out = tmp_path / "scaled.h5"
+    last = train_mpi(2, out, idx_dir, *scaled, "--mode", mode, "--check-every", "1")
+    assert last["bytes_per_step"] == {"shared": 2 * 4 * 20, "per-rank": 4 * 20}[mode]
+    proc = run_cli("replay", out, "--verify")
+    assert "verify: OK over 12 steps, 4 snapshots, max |diff| 0" in proc.stdout, proc.stdout
+    if mode == "per-rank":
+        single = tmp_path / "single.h5"
+        train_mpi(1, single, idx_dir, *scaled, "--d", "40")
+        np.testing.assert_allclose(coefficients(out), coefficients(single), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(final_theta(out), final_theta(single), rtol=0, atol=1e-6)
+
+
 def test_smooth_basis_per_rank_equals_one_process_and_replays(idx_dir, tmp_path):
     # per-rank mode draws each rank's share of the smooth directions in its own chunk, then
     # applies all of them: the directions must not depend on the range they are drawn in
