@@ -132,11 +132,7 @@ class RunWriter:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        try:
-            self.f = h5py.File(self.path, "r+", libver="latest")
-            self.f.swmr_mode = True
-        except (OSError, RuntimeError) as e:
-            raise UserError(f"cannot write run file {self.path}: {_first_line(e)}") from None
+        self.f = open_for_append(self.path)
         self.committed = int(self.f["commit"][0])
         self.committed_snapshots = int(self.f["commit"][1])
 
@@ -349,6 +345,31 @@ def _open_h5(path: Path) -> h5py.File:
     except (OSError, RuntimeError) as e:
         raise UserError(f"{path} cannot be opened as a run file (truncated or damaged): "
                         f"{_first_line(e)}") from None
+
+
+LOCK_WAIT = 10.0  # seconds a writer waits for a reader's HDF5 lock on the file it just made
+
+
+def open_for_append(path: Path, wait: float = LOCK_WAIT) -> h5py.File:
+    """The writer's handle on a complete run file, in SWMR mode. A reader that opens the file
+    in the moment between its creation and this call (``inspect``, a monitor polling it)
+    holds HDF5's shared file lock while it opens, which refuses the writer's exclusive one:
+    retried for up to ``wait`` seconds, then one error line."""
+    deadline = time.monotonic() + wait
+    while True:
+        f = None
+        try:
+            f = h5py.File(path, "r+", libver="latest")
+            f.swmr_mode = True
+            return f
+        except (OSError, RuntimeError) as e:
+            if f is not None:
+                f.close()
+            locked = "unable to lock file" in str(e)
+            if not locked or time.monotonic() >= deadline:
+                held = f"another process has held it open for {wait:g} s; " if locked else ""
+                raise UserError(f"cannot write run file {path}: {held}{_first_line(e)}") from None
+            time.sleep(0.05)
 
 
 def _first_line(e: Exception) -> str:

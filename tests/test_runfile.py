@@ -6,6 +6,7 @@ import math
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ import pytest
 
 from conftest import assert_user_error, final_theta, run_cli, venv_bin, wait_for_commits
 from rbd_hpc.config import TrainConfig
-from rbd_hpc.runlog import RunFile, RunWriter, crc32, row_crc, run_attrs
+from rbd_hpc.errors import UserError
+from rbd_hpc.runlog import RunFile, RunWriter, crc32, open_for_append, row_crc, run_attrs
 from rbd_hpc.train import learning_rate
 
 pytestmark = pytest.mark.timeout(600)
@@ -411,6 +413,34 @@ def test_a_cosine_schedule_without_a_floor_keeps_its_rates_bit_for_bit():
     total = 156200
     for t in range(0, total + 1, 7):
         assert learning_rate(cfg, t, total) == 0.25 * 0.5 * (1.0 + math.cos(math.pi * t / total))
+
+
+def hold_open(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process reading ``path`` (HDF5's shared lock) for ``seconds``."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import h5py, time; f = h5py.File(%r, 'r', libver='latest', swmr=True); "
+        "print('held', flush=True); time.sleep(%r)") % (str(path), seconds)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_the_writer_waits_for_a_reader_that_opened_its_fresh_file(rbd_run, tmp_path):
+    """A reader polling for a new run file (test_sigkill's wait_for_commits, a user's inspect)
+    can open it between its creation and the writer's own open: the writer waits for it."""
+    path = copy(rbd_run, tmp_path / "fresh.h5")
+    holder = hold_open(path, 1.0)
+    t0 = time.monotonic()
+    f = open_for_append(path)
+    waited = time.monotonic() - t0
+    f.close()
+    holder.wait()
+    assert 0.3 < waited < 5, waited
+    holder = hold_open(path, 4.0)
+    with pytest.raises(UserError, match=r"cannot write run file .*fresh\.h5: another process has held it "
+                                        r"open for 0\.5 s; "):
+        open_for_append(path, wait=0.5)
+    holder.wait()
 
 
 def test_sigkill_at_random_moments_then_resume_is_bitwise(idx_dir, tmp_path):
