@@ -92,7 +92,7 @@ for at in steps:
         flat.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         g = flat.gradient() if anchor is None else anchor.correct(flat.gradient(), x, y)
-        for span, chunk in step_chunks(method.basis, method.compartments, method.key_step(at + k),
+        for span, chunk, _ in step_chunks(method.basis, method.compartments, method.key_step(at + k),
                                        method.directions_per_compartment, method.chunk_size,
                                        rates=method.rates):
             step_u = chunk.combine(chunk.project(g[span]))  # equal-size neighbours go together

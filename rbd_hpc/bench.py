@@ -90,7 +90,7 @@ def ceiling_steppers(h: Harness, m: RandomBasesDescent, name: str) -> dict:
     out = {f"{name}: directions only": lambda t: m.step(h.flat.theta, g, t, 1e-4)}
 
     def make(t):
-        return [chunk for _, chunk in m._chunks(t)]
+        return [piece.chunk for piece in m._chunks(t)]
     if m.basis.config.structured:
         blocks = [(c.start + off, n) for c in m.compartments
                   for off, n in power_of_two_blocks(c.size)]
@@ -194,7 +194,7 @@ def unfused_cost(model_name: str, dataset: str, d: int, dist: str, compartments:
     m = h.rbd(d, dist, compartments, chunk)
     D = h.flat.theta.numel()
     plans = {"sgd": [D]} if with_sgd else {}
-    plans[label(dist, compartments)] = [s.stop - s.start for s, _ in m._chunks(0, listed=True)]
+    plans[label(dist, compartments)] = [p.span.stop - p.span.start for p in m._chunks(0, listed=True)]
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(D, generator=gen).to(device)
     x = torch.randn(D, generator=gen).to(device)

@@ -19,7 +19,7 @@ def perturbed_parameters(flat: FlatParameters, chunks: list, coordinates: list[t
     """θ_t + Σ combine(c) as a name → tensor dict, differentiable in the coordinates."""
     theta = flat.theta.detach()
     steps: dict[tuple[int, int], torch.Tensor] = {}  # chunks of one compartment share its span
-    for (span, chunk), c in zip(chunks, coordinates):
+    for (span, chunk, _), c in zip(chunks, coordinates):
         key = (span.start, span.stop)
         steps[key] = steps[key] + chunk.combine(c) if key in steps else chunk.combine(c)
     pieces, cursor = [], 0
@@ -39,7 +39,7 @@ def coordinate_gradients(model: nn.Module, flat: FlatParameters, chunks: list, x
                          y: torch.Tensor, loss_fn=nn.functional.cross_entropy):
     """(loss, coefficients) with the coefficients as dL/dc at c = 0, in chunk order."""
     coords = [torch.zeros(chunk.n_coefficients, dtype=flat.theta.dtype,
-                          device=flat.theta.device, requires_grad=True) for _, chunk in chunks]
+                          device=flat.theta.device, requires_grad=True) for _, chunk, _ in chunks]
     params = perturbed_parameters(flat, chunks, coords)
     buffers = dict(model.named_buffers())
     loss = loss_fn(functional_call(model, {**params, **buffers}, (x,)), y)

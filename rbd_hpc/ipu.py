@@ -30,7 +30,7 @@ class CoordinateModel(nn.Module):
         super().__init__()
         self.model, self.flat, self.chunks = model, flat, chunks
         self.coordinates = nn.ParameterList(
-            nn.Parameter(torch.zeros(ch.n_coefficients)) for _, ch in chunks)
+            nn.Parameter(torch.zeros(ch.n_coefficients)) for _, ch, _ in chunks)
 
     def forward(self, x, y):
         params = perturbed_parameters(self.flat, self.chunks, list(self.coordinates))

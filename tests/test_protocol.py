@@ -204,7 +204,7 @@ def test_official_fpd_takes_its_gradient_where_the_carried_coordinates_put_it(id
     assert s.method.forward_shift(s.flat.theta) is None  # step 0: nothing carried yet
     c0 = take_step(s, 0).result.coefficients
     theta1 = s.flat.theta.clone()
-    phi = torch.cat([chunk.phi for _, chunk in s.method._chunks(0, listed=True)])
+    phi = torch.cat([p.chunk.phi for p in s.method._chunks(0, listed=True)])
     shift = s.method.forward_shift(s.flat.theta)
     assert torch.allclose(shift, c0 @ phi, rtol=1e-5, atol=1e-7)
     # the gradient at θ1 + shift on step 1's batch, projected on the fixed directions

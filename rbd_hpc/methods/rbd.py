@@ -53,8 +53,6 @@ class RandomBasesDescent(Velocity):
         self.velocity = None
         # --lr-scale: each compartment's multiplier of η (None: 1 for all, the plain plan)
         self.rates = rates if rates and any(r != 1.0 for r in rates) else None
-        self._rate_at = ({c.start: r for c, r in zip(compartments, rates)}.__getitem__
-                         if self.rates else None)
         # per-rank mode: R·d_k directions per compartment (R from the run file on replay)
         self.ranks = (world_size or comm.size) if mode == "per-rank" else 1
         self.directions_per_compartment = [c.d * self.ranks for c in compartments]
@@ -77,7 +75,7 @@ class RandomBasesDescent(Velocity):
         return self.redraw_every > 1
 
     def _chunks(self, step: int, listed: bool = False):
-        """The step's (θ slice, chunk) pairs: generated one at a time (dense chunks into a
+        """The step's pieces (θ slice, chunk, rate): generated one at a time (dense chunks into a
         shared scratch buffer), or ``listed`` (structured chunks, or --keep-in-memory)."""
         key = self.key_step(step)
         if not self.keep_in_memory:
@@ -109,7 +107,7 @@ class RandomBasesDescent(Velocity):
             # averaged over ranks; then apply them chunk by chunk, as replay does
             chunks = self._chunks(step, listed=True)
             mean = self.comm.allreduce_mean(torch.cat([chunk.project(grad[span])
-                                                       for span, chunk in chunks]))
+                                                       for span, chunk, _ in chunks]))
             return StepResult(self.replay_step(theta, step, lr, mean, chunks))
         if self.mode == "shared":
             def coefficients_for(span, chunk):
@@ -159,4 +157,4 @@ class RandomBasesDescent(Velocity):
         velocity = self.velocity_for(theta) if self.momentum else None
         return apply_step(theta, self._chunks(step) if chunks is None else chunks, lr,
                           coefficients_for, velocity, self.momentum, self.weight_decay, combined,
-                          unfused=self.basis.config.kernels >= 3, rate_at=self._rate_at)
+                          unfused=self.basis.config.kernels >= 3)

@@ -6,7 +6,7 @@ in the same order, with the same arithmetic. Bitwise replay follows from that.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -47,10 +47,20 @@ def groups(compartments: list[Compartment], directions: list[int], batched: bool
     return out
 
 
+class Piece(NamedTuple):
+    """One chunk of a step's directions: the θ slice it spans, the chunk, and the rate
+    multiplier s_k (--lr-scale) of the compartments it covers."""
+
+    span: slice
+    chunk: object
+    rate: float = 1.0
+
+
 def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
                 directions_per_compartment: list[int], chunk_size: int,
-                reuse: bool = True, rates: list[float] | None = None) -> Iterator:
-    """(θ slice, chunk) for every direction of a step, in coefficient-log order.
+                reuse: bool = True, rates: list[float] | None = None) -> Iterator[Piece]:
+    """A ``Piece`` (θ slice, chunk, rate) for every direction of a step, in coefficient-log
+    order.
 
     The plan depends only on the compartments, the direction counts, the rate multipliers
     and the chunk size, never on the rank or the number of ranks. With ``reuse`` (the
@@ -60,7 +70,7 @@ def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
     batched = basis.config.structured
     for g in groups(compartments, directions_per_compartment, batched, rates):
         for chunk in basis.chunks(key_step, g.first, g.size, range(g.n), chunk_size, g.count, reuse):
-            yield slice(g.start, g.stop), chunk
+            yield Piece(slice(g.start, g.stop), chunk, g.rate)
 
 
 def decay_(theta: torch.Tensor, lr: float, weight_decay: float) -> None:
@@ -89,8 +99,7 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
                coefficients_for: Callable[[slice, object], torch.Tensor],
                velocity: torch.Tensor | None = None, momentum: float = 0.0,
                weight_decay: float = 0.0, combined: torch.Tensor | None = None,
-               unfused: bool = False,
-               rate_at: Callable[[int], float] | None = None) -> torch.Tensor:
+               unfused: bool = False) -> torch.Tensor:
     """θ_k ← θ_k − η Σ_i c_i φ_i chunk by chunk; returns the coefficients applied (float32).
 
     ``coefficients_for(span, chunk)`` supplies the chunk's coefficients: in training it
@@ -109,9 +118,8 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
 
     ``unfused``: every scaled add rounds its product first (``add_scaled_``; generation 3).
 
-    ``rate_at(start)``: the rate multiplier s_k of the chunk whose θ slice starts at ``start``
-    (--lr-scale; a group holds compartments of one multiplier): its coefficients enter the
-    step as s_k·c_i, so the compartment steps at s_k·η, through the velocity too. The applied
+    ``chunks`` are ``Piece``s; a piece's rate multiplier s_k (--lr-scale; a group holds
+    compartments of one multiplier) makes its coefficients enter the step as s_k·c_i, so the compartment steps at s_k·η, through the velocity too. The applied
     coefficients returned (and logged) are the c_i; a multiplier of 1 multiplies nothing.
     """
     decay_(theta, lr, weight_decay)
@@ -120,9 +128,8 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     else:
         target, scale = velocity.mul_(momentum), 1.0
     applied = []
-    for span, chunk in chunks:
+    for span, chunk, rate in chunks:
         c = coefficients_for(span, chunk).to(torch.float32)
-        rate = 1.0 if rate_at is None else rate_at(span.start)
         direction = chunk.combine(c if rate == 1.0 else c * rate)
         add_scaled_(target[span], direction, scale, unfused)
         if combined is not None:
