@@ -53,7 +53,7 @@ class Piece(NamedTuple):
 
     span: slice
     chunk: object
-    rate: float = 1.0
+    rate: float
 
 
 def step_chunks(basis: Basis, compartments: list[Compartment], key_step: int,
@@ -119,8 +119,9 @@ def apply_step(theta: torch.Tensor, chunks: Iterable, lr: float,
     ``unfused``: every scaled add rounds its product first (``add_scaled_``; generation 3).
 
     ``chunks`` are ``Piece``s; a piece's rate multiplier s_k (--lr-scale; a group holds
-    compartments of one multiplier) makes its coefficients enter the step as s_k·c_i, so the compartment steps at s_k·η, through the velocity too. The applied
-    coefficients returned (and logged) are the c_i; a multiplier of 1 multiplies nothing.
+    compartments of one multiplier) makes its coefficients enter the step as s_k·c_i, so the
+    compartment steps at s_k·η, through the velocity too. The applied coefficients returned
+    (and logged) are the c_i; a multiplier of 1 multiplies nothing.
     """
     decay_(theta, lr, weight_decay)
     if velocity is None:
