@@ -4,6 +4,7 @@ They are not part of the package, so nothing else would notice an API they use c
 (layer_rates.py and pass_batch.py once called ``Anchor`` with an argument it had lost)."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -48,6 +49,26 @@ def test_layer_rates_prints_each_compartments_best_rate_against_its_own(cnn_run)
 def test_loss_clip_scores_a_run_file(cnn_run):
     out = script("loss_clip.py", cnn_run).stdout
     assert re.search(r"train loss \d\.\d+; p_y < 1e-7: \d+; p_y > 1-1e-7: \d+", out), out
+
+
+def test_tail_average_scores_the_mean_of_the_snapshots_in_each_window(idx_dir, tmp_path):
+    """640 - 64 images in batches of 32: 18 steps an epoch. Snapshots of θ at steps 0 and 40
+    only, so the last 2 epochs (steps 5-40) hold the last snapshot alone, which must score as
+    the last weights do, and every longer window holds both."""
+    run = tmp_path / "fc.h5"
+    proc = run_cli("train", "--data-dir", idx_dir, *TINY, "--steps", "40",
+                   "--snapshot-every", "1000", "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    lines = script("tail_average.py", run).stdout.splitlines()
+    scores = [line.split(": ")[-1] for line in lines]
+    evaluated = json.loads(run_cli("eval", run, "--json").stdout)
+    assert scores[0] == (f"val loss {evaluated['val_loss']:.4f}, "
+                         f"val acc {100 * evaluated['val_acc']:.2f}%")
+    assert all(re.fullmatch(r"val loss \d\.\d{4}, val acc \d+\.\d\d%", s) for s in scores)
+    assert [line.split(" of the last ")[0] for line in lines[1:]] == (
+        ["  mean of the snapshot"] + ["  mean of the 2 snapshots"] * 4)
+    assert scores[1] == scores[0]
+    assert scores[2] != scores[0] and scores[2:] == [scores[2]] * 4
 
 
 def test_pass_batch_times_an_anchor_pass():
