@@ -42,11 +42,12 @@ def _spec(factory, what: str) -> str:
 
 def fit(model: Callable | str, data: Callable | str, config: TrainConfig | dict | None = None, *,
         out: str | None = None, metrics: str | None = None, comm=None, resume: bool = False,
-        overwrite: bool = False, progress: bool = False,
+        overwrite: bool = False, progress: bool = False, hide_test: bool = False,
         should_stop: Callable[[], bool] | None = None, **options) -> dict:
     """Train ``model`` (a factory, a spec or a built-in name) on ``data`` (likewise); config
     fields come from ``config`` then ``options``. Returns the run's summary (final θ and
-    scores). ``comm``: default MPI when launched under mpiexec/srun, else one process."""
+    scores). ``comm``: default MPI when launched under mpiexec/srun, else one process.
+    ``hide_test``: the epoch lines show no test score (the summary keeps it)."""
     if not (config is None or isinstance(config, (TrainConfig, Mapping))):
         raise UserError(f"fit() config {config!r} is not valid; give a TrainConfig or a dict "
                         "of its fields")
@@ -56,7 +57,7 @@ def fit(model: Callable | str, data: Callable | str, config: TrainConfig | dict 
     cfg = TrainConfig.from_dict(fields, "fit() config")
     comm = comm if comm is not None else create_communicator()
     return train(cfg, comm, out=out, metrics_path=metrics, progress=progress, resume=resume,
-                 should_stop=should_stop, overwrite=overwrite)
+                 should_stop=should_stop, overwrite=overwrite, hide_test=hide_test)
 
 
 def evaluate(run_path: str, step: int | None = None, data_dir: str | None = None,

@@ -136,6 +136,9 @@ def _train_parser(sub) -> None:
                    "(needs the tensorboard extra)")
     t.add_argument("--resume", metavar="RUN.h5", help="continue the run in RUN.h5 from its last commit")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    t.add_argument("--hide-test", action="store_true", help="print no test score (epoch lines, "
+                   "the last line, TensorBoard) while settings are chosen on validation; the "
+                   "run file and --metrics keep them for the setting validation chooses")
     t.add_argument("--config", metavar="FILE", help="config fields from a TOML, YAML or JSON file "
                    "(a preset, then the file, then the other options, each overriding the last)")
     t.add_argument("--config-json", help="config fields as a JSON string (as stored in a run "
@@ -256,7 +259,7 @@ def cmd_train(args, comm) -> int:
         return 0
     with StopRequest() as stop:  # the preemption protocol: preemption.py
         summary = train(cfg, comm, out=out, metrics_path=args.metrics, progress=args.progress,
-                        tensorboard=args.tensorboard,
+                        tensorboard=args.tensorboard, hide_test=args.hide_test,
                         resume=bool(args.resume), should_stop=stop, overwrite=args.overwrite)
     if comm.rank == 0:
         if summary["preempted"]:
@@ -265,7 +268,8 @@ def cmd_train(args, comm) -> int:
         else:
             acc = summary.get("test_acc", float("nan"))
             print(f"{cfg.method} {cfg.model}-{cfg.dataset}: {summary['steps_done']} steps, "
-                  f"test_acc {acc:.4f}, val_acc {summary.get('val_acc', float('nan')):.4f}, "
+                  + ("" if args.hide_test else f"test_acc {acc:.4f}, ")
+                  + f"val_acc {summary.get('val_acc', float('nan')):.4f}, "
                   f"{summary.get('ms_per_step', float('nan')):.2f} ms/step, "
                   f"{summary.get('bytes_per_step', 0):.0f} B/step over {comm.size} rank(s)"
                   + (f", run file {out}" if out else ""), flush=True)

@@ -111,12 +111,13 @@ def _tasks(ex) -> tuple[int, str]:
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """One training run as a submitit job: resumes from its run file if it exists."""
+    """One training run as a submitit job: resumes from its run file if it exists.
+    ``hide_test``: its log shows no test score (train's ``hide_test``)."""
 
     def __init__(self, config: dict, out: str, metrics: str | None = None, tasks: int = 1,
-                 backend: str = "slurm"):
+                 backend: str = "slurm", hide_test: bool = False):
         self.config, self.out, self.metrics = config, out, metrics
-        self.tasks, self.backend = tasks, backend
+        self.tasks, self.backend, self.hide_test = tasks, backend, hide_test
 
     def __call__(self) -> dict:
         if self.backend == "local" and self.tasks > 1:
@@ -128,7 +129,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         install_abort_handler(comm)
         with StopRequest() as stop:  # the preemption protocol: preemption.py
             summary = train(cfg, comm, out=self.out, metrics_path=self.metrics, progress=False,
-                            resume=Path(self.out).exists(), should_stop=stop)
+                            resume=Path(self.out).exists(), should_stop=stop,
+                            hide_test=self.hide_test)
             summary = {k: v for k, v in summary.items() if k != "theta"}
             summary["world_size"] = comm.size
             if summary["preempted"]:
@@ -141,7 +143,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         mpiexec = Path(sys.executable).parent / "mpiexec"
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(self.tasks),
                str(Path(sys.executable).parent / "rbd-hpc"), "train", "--no-progress",
-               "--config-json", json.dumps(self.config)]
+               "--config-json", json.dumps(self.config)] + (["--hide-test"] if self.hide_test else [])
         cmd += ["--resume", self.out] if Path(self.out).exists() else ["--out", self.out]
         with tempfile.TemporaryDirectory() as tmp:
             metrics = self.metrics or str(Path(tmp) / "metrics.jsonl")
@@ -153,7 +155,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs):
         return submitit.helpers.DelayedSubmission(
-            TrainJob(self.config, self.out, self.metrics, self.tasks, self.backend))
+            TrainJob(self.config, self.out, self.metrics, self.tasks, self.backend,
+                     self.hide_test))
 
 
 def check_submission(cfg: TrainConfig, out: str, tasks: int) -> None:
@@ -202,17 +205,19 @@ def _checked_executor(runs: list[tuple[TrainConfig, str]], executor_, folder: st
 
 
 def submit(cfg: TrainConfig, out: str, executor_=None, *, folder: str = "runs/logs",
-           metrics: str | None = None, **params) -> RunJob:
+           metrics: str | None = None, hide_test: bool = False, **params) -> RunJob:
     """Submit one training run; ``executor_`` is a submitit executor of your own, else one is
     made by ``executor(folder, **params)``. A run file already at ``out`` is resumed, and
-    refused here if the config would not continue it."""
+    refused here if the config would not continue it. ``hide_test``: the job's log shows no
+    test score (its result and metrics keep them)."""
     ex, tasks, backend = _checked_executor([(cfg, out)], executor_, folder, params)
-    return RunJob(ex.submit(TrainJob(dataclasses.asdict(cfg), str(out), metrics, tasks, backend)))
+    return RunJob(ex.submit(TrainJob(dataclasses.asdict(cfg), str(out), metrics, tasks, backend,
+                                     hide_test)))
 
 
 def submit_array(cfgs: list[TrainConfig], outs: list[str], executor_=None, *,
                  folder: str = "runs/logs", metrics: list[str] | None = None,
-                 **params) -> list[RunJob]:
+                 hide_test: bool = False, **params) -> list[RunJob]:
     """A job array (Slurm) or a batch of local jobs: one run per config."""
     if len(cfgs) != len(outs):
         raise UserError(f"{len(cfgs)} configs but {len(outs)} output files")
@@ -220,7 +225,7 @@ def submit_array(cfgs: list[TrainConfig], outs: list[str], executor_=None, *,
         raise UserError("two runs of the array share one output file")
     ex, tasks, backend = _checked_executor(list(zip(cfgs, outs)), executor_, folder, params)
     metrics = metrics or [None] * len(cfgs)
-    jobs = [TrainJob(dataclasses.asdict(c), str(o), m, tasks, backend)
+    jobs = [TrainJob(dataclasses.asdict(c), str(o), m, tasks, backend, hide_test)
             for c, o, m in zip(cfgs, outs, metrics)]
     return [RunJob(j) for j in ex.submit_array(jobs)]
 

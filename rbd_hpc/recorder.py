@@ -107,8 +107,8 @@ class Recorder:
     run resumed returns its own). ``out`` and ``metrics_path`` are None on every rank but 0."""
 
     def __init__(self, run, point, out: str | None, metrics_path: str | None, progress: bool,
-                 tensorboard: str | None = None):
-        self.run = run
+                 tensorboard: str | None = None, hide_test: bool = False):
+        self.run, self.hide_test = run, hide_test
         resume = point is not None
         start = point.steps_done if resume else 0
         self.epoch_losses = list(point.epoch_losses) if resume else []
@@ -236,7 +236,8 @@ class Recorder:
             for key, tag in (("train_loss", "train/epoch_loss"), ("val_loss", "val/loss"),
                              ("val_acc", "val/acc"), ("test_loss", "test/loss"),
                              ("test_acc", "test/acc")):
-                self.board.add_scalar(tag, self.record[key], done)
+                if not (self.hide_test and key.startswith("test")):
+                    self.board.add_scalar(tag, self.record[key], done)
             self.board.add_scalar("train/epoch", self.record["epoch"], done)
             self.board.flush()
         if self.metrics:
@@ -248,13 +249,15 @@ class Recorder:
                                 f"{e.strerror or e}; the run file holds this epoch") from None
 
     def epoch_line(self) -> str:
-        """One line per epoch for the log: where the run is, its scores, its speed, its ETA."""
+        """One line per epoch for the log: where the run is, its scores (test accuracy unless
+        ``hide_test``), its speed, its ETA."""
         r, total = self.record, self.run.total
         eta = self.bar.eta()
         epochs_at = self.run.stream.epochs_at  # the record's epoch is rounded to 4 decimals
         return (f"epoch {epochs_at(r['step']):.4g}/{epochs_at(total):.4g} step {r['step']}/{total}: train_loss "
-                f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f} test_acc {r['test_acc']:.4f}, "
-                f"{r['ms_per_step']:.2f} ms/step"
+                f"{r['train_loss']:.4f} val_acc {r['val_acc']:.4f}"
+                + ("" if self.hide_test else f" test_acc {r['test_acc']:.4f}")
+                + f", {r['ms_per_step']:.2f} ms/step"
                 + (f" + anchor passes of {r['ms_anchor_pass'] / 1e3:.1f} s" if "ms_anchor_pass" in r
                    else "") + f", elapsed {clock(time.monotonic() - self.bar.t0)}"
                 + (f", ETA {clock(eta)}" if eta is not None and r["step"] < total else ""))

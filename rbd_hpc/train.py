@@ -312,16 +312,19 @@ def check_outputs(cfg: TrainConfig, world_size: int, out: str | None, metrics_pa
 def train(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
           progress: bool = True, resume: bool = False,
           should_stop: Callable[[], bool] | None = None, overwrite: bool = False,
-          tensorboard: str | None = None) -> dict:
+          tensorboard: str | None = None, hide_test: bool = False) -> dict:
     """Train per ``cfg``; returns the summary (identical θ on every rank). A new run refuses
     an existing run file unless ``overwrite``; ``resume`` continues the one at ``out``.
-    ``tensorboard``: a directory for TensorBoard scalars (rank 0; needs tensorboard)."""
+    ``tensorboard``: a directory for TensorBoard scalars (rank 0; needs tensorboard).
+    ``hide_test``: the log lines and TensorBoard show no test scores (the run file, the
+    metrics file and the summary keep them, for the setting that validation chooses)."""
     with contextlib.ExitStack() as held:
         if tensorboard is not None and not str(tensorboard).strip():
             raise UserError("--tensorboard '' is empty; give a directory")
         on_root(comm, lambda: check_outputs(cfg, comm.size, out, metrics_path, resume, overwrite,
                                             lock=held))
-        return _train(cfg, comm, out, metrics_path, progress, resume, should_stop, tensorboard)
+        return _train(cfg, comm, out, metrics_path, progress, resume, should_stop, tensorboard,
+                      hide_test)
 
 
 def dry_run(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | None = None,
@@ -341,7 +344,7 @@ def dry_run(cfg: TrainConfig, comm, out: str | None = None, metrics_path: str | 
 
 def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, progress: bool,
            resume: bool, should_stop: Callable[[], bool] | None,
-           tensorboard: str | None = None) -> dict:
+           tensorboard: str | None = None, hide_test: bool = False) -> dict:
     root = comm.rank == 0
     s = set_up(cfg, comm)
     point = restore(s, out) if resume else None
@@ -354,7 +357,7 @@ def _train(cfg: TrainConfig, comm, out: str | None, metrics_path: str | None, pr
         first_pass = time.perf_counter() - t_anchor
     comm.traffic.phase = "step"
     rec = Recorder(s, point, out if root else None, metrics_path if root else None,
-                   progress and root, tensorboard if root else None)
+                   progress and root, tensorboard if root else None, hide_test)
     if first_pass is not None:  # made before the recorder's clock started
         rec.anchor_pass(first_pass, on_the_clock=False)
     done = start

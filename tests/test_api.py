@@ -90,6 +90,14 @@ def test_cli_trains_user_factories_and_eval_scores_a_replayed_step(tmp_path):
     assert np.array_equal(model[1].running_mean.numpy(), buffers[:64].astype(np.float32))
 
 
+def test_fit_hide_test_prints_no_test_score_and_returns_it(tmp_path, idx_dir, capsys):
+    summary = rbd_hpc.fit("fc", "fmnist", data_dir=str(idx_dir), val_size=64, d=20, steps=18,
+                          threads=1, hide_test=True)
+    printed = capsys.readouterr().out
+    assert f"val_acc {summary['val_acc']:.4f}," in printed and "test" not in printed
+    assert 0 <= summary["test_acc"] <= 1
+
+
 def test_fit_refuses_a_factory_nobody_else_can_import(tmp_path):
     with pytest.raises(UserError, match="has no importable name"):
         rbd_hpc.fit(lambda: torch.nn.Linear(16, 4), DATA, lr=0.1, steps=1,

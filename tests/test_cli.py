@@ -5,9 +5,10 @@ import re
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
-from conftest import assert_user_error, make_idx_dir, run_cli
+from conftest import assert_user_error, final_theta, make_idx_dir, run_cli
 from rbd_hpc.config import TrainConfig
 
 
@@ -109,6 +110,35 @@ def test_a_part_epoch_reads_the_same_in_both_halves_of_the_epoch_line(tmp_path, 
                    "--out", tmp_path / "run.h5", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("epoch 0.05556/0.05556 step 1/1: "), proc.stdout
+
+
+def test_hide_test_prints_no_test_score_and_changes_nothing_else(tmp_path, idx_dir):
+    """--hide-test is for tuning on validation: the epoch lines and the last line lose their
+    test score, while the trajectory and the metrics file (test scores included, for the
+    setting validation chooses) are those of the same run without it."""
+    outputs = {}
+    for name, flags in (("shown", []), ("hidden", ["--hide-test"])):
+        metrics = tmp_path / f"{name}.jsonl"
+        proc = run_cli("train", "--data-dir", idx_dir, "--val-size", "64", "--epochs", "2",
+                       "--d", "20", "--out", tmp_path / f"{name}.h5", "--metrics", metrics,
+                       "--no-progress", *flags)
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        outputs[name] = proc.stdout.strip().splitlines(), rows
+    (shown, shown_rows), (hidden, hidden_rows) = outputs["shown"], outputs["hidden"]
+    assert "test" not in "".join(hidden).replace(str(tmp_path), "")
+    assert len(hidden) == len(shown) == 3
+    for a, b, row in zip(hidden[:2], shown[:2], hidden_rows):
+        scores = f"train_loss {row['train_loss']:.4f} val_acc {row['val_acc']:.4f}"
+        assert a.split(", ")[0].endswith(scores)
+        assert b.split(", ")[0].endswith(f"{scores} test_acc {row['test_acc']:.4f}")
+    assert f"steps, val_acc {hidden_rows[-1]['val_acc']:.4f}, " in hidden[-1]
+    timing = {"ms_per_step", "ms_forward_backward", "ms_method", "ms_exchange",
+              "ms_bookkeeping"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in hidden_rows] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in shown_rows]
+    assert "test_acc" in hidden_rows[-1]
+    assert np.array_equal(final_theta(tmp_path / "hidden.h5"), final_theta(tmp_path / "shown.h5"))
 
 
 def test_tiny_run_end_to_end(tmp_path, idx_dir):

@@ -253,10 +253,13 @@ def test_local_backend_runs_mpi_without_slurm(idx_dir, tmp_path):
     cfg = TrainConfig.from_preset("fc-fmnist", steps=6, d=20, val_size=64, threads=1,
                                   data_dir=str(idx_dir))
     job = submit(cfg, str(tmp_path / "loc.h5"), backend="local", tasks_per_node=2,
-                 folder=str(tmp_path / "logs"))
+                 folder=str(tmp_path / "logs"), hide_test=True)
     result = job.result()
     assert result["world_size"] == 2 and result["step"] == 6
     assert "over 2 rank(s)" in result["stdout"]
+    # hide_test reaches the ranks' log (val_acc, no test_acc); the result keeps the test score
+    assert "val_acc" in result["stdout"] and "test_acc" not in result["stdout"]
+    assert 0 <= result["test_acc"] <= 1
 
 
 def test_generated_sbatch_text_matches_golden_file(slurm):
