@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("--epochs", action="store_true", help="the per-epoch metrics as a table, with "
                    "the best validation epoch and the mean test accuracy of the last ten")
+    i.add_argument("--hide-test", action="store_true", help="no test score (for a run whose "
+                   "setting validation has not chosen); --epochs then ends with the mean "
+                   "validation accuracy of the last ten")
 
     pl = sub.add_parser("plot", help="PNG plots from run files or metrics files")
     pl.add_argument("runs", nargs="+", help="RUN.h5 or METRICS.jsonl files")
@@ -340,9 +343,9 @@ def cmd_eval(args) -> int:
 
 def cmd_inspect(args) -> int:
     if args.epochs:
-        print(describe_epochs(args.run))
+        print(describe_epochs(args.run, args.hide_test))
         return 0
-    text, info = describe(args.run)
+    text, info = describe(args.run, args.hide_test)
     print(json.dumps(info, indent=1, default=str) if args.json else text)
     return 0
 

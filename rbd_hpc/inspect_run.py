@@ -27,7 +27,12 @@ def compartment_line(cfg: dict, compartments: list[dict], mode: str, ranks: int)
     return f"compartments  {cfg.get('compartments', 'network')} ({rule}): " + ", ".join(parts)
 
 
-def describe(path: str) -> tuple[str, dict]:
+def without_test(row: dict) -> dict:
+    """A metrics row less its test scores (--hide-test)."""
+    return {k: v for k, v in row.items() if not k.startswith("test_")}
+
+
+def describe(path: str, hide_test: bool = False) -> tuple[str, dict]:
     with RunFile(path) as run:
         config = run.config()
         cfg = dataclasses.asdict(config)
@@ -37,7 +42,7 @@ def describe(path: str) -> tuple[str, dict]:
         coef = run.f["steps"].get("coefficients")
         coef_bytes = coef.id.get_storage_size() if coef is not None else 0
         snaps = [int(s) for s in run.snapshot_steps()]
-        metrics = run.metrics()
+        metrics = [without_test(r) for r in run.metrics()] if hide_test else run.metrics()
         per_step = coef_bytes / run.committed if run.committed else 0.0
         platforms, platforms_problem = platform_record(run)
         info = {
@@ -85,22 +90,26 @@ def describe(path: str) -> tuple[str, dict]:
     return "\n".join(lines), info
 
 
-def epoch_table(metrics: list[dict], last: int = 10) -> str:
+def epoch_table(metrics: list[dict], last: int = 10, hide_test: bool = False) -> str:
     """One line per evaluation, then where validation peaked and the mean test accuracy of the
-    ``last`` evaluations (a single final epoch moves by tenths of a point from epoch to epoch)."""
+    ``last`` evaluations (a single final epoch moves by tenths of a point from epoch to epoch);
+    ``hide_test``: no test column, and the mean validation accuracy of the ``last`` instead."""
     if not metrics:
         return "no epochs evaluated yet"
-    head = " ".join(f"{_HEADINGS.get(c, c):>10}" for c in _EPOCH_COLUMNS)
+    columns = [c for c in _EPOCH_COLUMNS if not (hide_test and c.startswith("test_"))]
+    head = " ".join(f"{_HEADINGS.get(c, c):>10}" for c in columns)
     rows = [" ".join(f"{r[c]:>10g}" if c in _COUNTS else f"{r[c]:>10.4f}"
-                     for c in _EPOCH_COLUMNS) for r in metrics]
+                     for c in columns) for r in metrics]
     best = max(metrics, key=lambda r: r["val_acc"])
-    tail = [r["test_acc"] for r in metrics[-last:]]
-    summary = (f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']:g} (test_acc there "
-               f"{best['test_acc']:.4f}); test_acc over the last {len(tail)}: mean "
+    score = "val_acc" if hide_test else "test_acc"
+    tail = [r[score] for r in metrics[-last:]]
+    summary = (f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']:g}"
+               + ("" if hide_test else f" (test_acc there {best['test_acc']:.4f})")
+               + f"; {score} over the last {len(tail)}: mean "
                f"{statistics.fmean(tail):.4f}, range {min(tail):.4f}–{max(tail):.4f}")
     return "\n".join([head, *rows, summary])
 
 
-def describe_epochs(path: str) -> str:
+def describe_epochs(path: str, hide_test: bool = False) -> str:
     with RunFile(path) as run:
-        return epoch_table(run.metrics())
+        return epoch_table(run.metrics(), hide_test=hide_test)

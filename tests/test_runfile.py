@@ -126,6 +126,32 @@ def test_inspect_epochs_lists_every_evaluation_and_the_best(rbd_run):
                        f"{sum(tests) / 3:.4f}, range {min(tests):.4f}–{max(tests):.4f}")
 
 
+def test_inspect_hide_test_shows_validation_only(rbd_run):
+    """For a run whose setting validation has not chosen: the same table and summary less
+    every test score, the last ten epochs read on validation instead."""
+    proc = run_cli("inspect", rbd_run, "--epochs", "--hide-test")
+    assert proc.returncode == 0, proc.stderr
+    head, *rows, summary = proc.stdout.strip().splitlines()
+    assert head.split() == ["epoch", "step", "train_loss", "val_loss", "val_acc", "ms_per_step",
+                            "sent_B", "recv_B", "calls"]
+    with RunFile(rbd_run) as run:
+        metrics = run.metrics()
+    for row, m in zip(rows, metrics, strict=True):
+        assert [float(v) for v in row.split()[:5]] == [
+            round(m[c], 4) for c in ("epoch", "step", "train_loss", "val_loss", "val_acc")]
+    best = max(metrics, key=lambda m: m["val_acc"])
+    vals = [m["val_acc"] for m in metrics]
+    assert summary == (f"best val_acc {best['val_acc']:.4f} at epoch {best['epoch']:g}; val_acc "
+                       f"over the last 3: mean {sum(vals) / 3:.4f}, range {min(vals):.4f}–"
+                       f"{max(vals):.4f}")
+    described = run_cli("inspect", rbd_run, "--hide-test").stdout
+    assert "final metrics " in described and "val_acc" in described
+    assert "test_acc" not in described and "test_loss" not in described
+    info = json.loads(run_cli("inspect", rbd_run, "--hide-test", "--json").stdout)
+    assert info["final_metrics"] == {k: v for k, v in metrics[-1].items()
+                                     if not k.startswith("test_")}
+
+
 def copy(src: Path, dst: Path) -> Path:
     dst.write_bytes(src.read_bytes())
     return dst
