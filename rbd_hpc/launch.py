@@ -143,7 +143,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         mpiexec = Path(sys.executable).parent / "mpiexec"
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(self.tasks),
                str(Path(sys.executable).parent / "rbd-hpc"), "train", "--no-progress",
-               "--config-json", json.dumps(self.config)] + (["--hide-test"] if self.hide_test else [])
+               "--config-json", json.dumps(self.config)]
+        cmd += ["--hide-test"] if self.hide_test else []
         cmd += ["--resume", self.out] if Path(self.out).exists() else ["--out", self.out]
         with tempfile.TemporaryDirectory() as tmp:
             metrics = self.metrics or str(Path(tmp) / "metrics.jsonl")
