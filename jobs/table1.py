@@ -10,7 +10,8 @@ the paper's hyperparameters (presets: batch 32, lr = base × 32, d = 250, no mom
 Existing run files are resumed, so re-running finishes only what is missing. Writes
 results.csv and results.md (validation and test accuracy next to the paper's) into --out;
 `--protocol paper` runs every cell under the paper's protocol. Choosing among variants is
-jobs/results.py's job: by validation accuracy, with test read for the chosen one only.
+jobs/results.py's job: by validation accuracy, with test read for the chosen one only;
+--hide-test keeps test accuracy out of a variant's table and job logs until then.
 
     python jobs/table1.py --epochs 100 --methods rbd --set rbd.dist=srht \
         --set rbd.compartments=layer --set rbd.schedule=cosine --label rbd-srht-layer
@@ -108,6 +109,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="override a config field (repeatable)")
     p.add_argument("--label", help="suffix for run files and the method column of a variant")
+    p.add_argument("--hide-test", action="store_true", help="for variants still being chosen "
+                   "on validation: no test accuracy in results.csv/.md or the job logs (the "
+                   "metrics files keep it, for the variant validation chooses)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,8 @@ def main() -> None:
         jobs = submit_array(cfgs, [str(out / f"{n}.h5") for n in names],
                             backend=args.backend, tasks_per_node=args.tasks, name="rbd-table1",
                             timeout_min=24 * 60, folder=str(out / "logs"),
-                            metrics=[str(out / f"{n}.jsonl") for n in names])
+                            metrics=[str(out / f"{n}.jsonl") for n in names],
+                            hide_test=args.hide_test)
     except UserError as e:  # one line and exit 2, like rbd-hpc
         print(f"table1: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -140,17 +145,19 @@ def main() -> None:
         last = json.loads((out / f"{name}.jsonl").read_text().splitlines()[-1])
         rows.append({"model": model.upper() + "-FMNIST", "method": method.upper() + suffix,
                      "epochs": last["epoch"], "val_acc": round(100 * last["val_acc"], 2),
-                     "test_acc": round(100 * last["test_acc"], 2),
+                     **({} if args.hide_test else {"test_acc": round(100 * last["test_acc"], 2)}),
                      "paper": PAPER[(model, method)], "ms_per_step": round(last["ms_per_step"], 2)})
     with open(out / f"results{suffix}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = ["| model | method | epochs | val acc (%) | test acc (%) | paper, 100 epochs (%) | "
-             "ms/step |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['method']} | {r['epochs']:g} | {r['val_acc']:.2f} | "
-              f"{r['test_acc']:.2f} | "
-              f"{r['paper']:.2f} | {r['ms_per_step']:.2f} |" for r in rows]
+    heads = {"model": "model", "method": "method", "epochs": "epochs", "val_acc": "val acc (%)",
+             "test_acc": "test acc (%)", "paper": "paper, 100 epochs (%)", "ms_per_step": "ms/step"}
+    formats = {"epochs": "{:g}", "val_acc": "{:.2f}", "test_acc": "{:.2f}", "paper": "{:.2f}",
+               "ms_per_step": "{:.2f}"}
+    lines = ["| " + " | ".join(heads[k] for k in rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(formats.get(k, "{}").format(v) for k, v in r.items()) + " |"
+              for r in rows]
     (out / f"results{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -37,6 +37,34 @@ def test_table1_variant_rows_carry_the_overrides(tmp_path, idx_dir):
     assert "| FC-FMNIST | RBD-v | 1 |" in (out / "results-v.md").read_text()
 
 
+def test_table1_hide_test_leaves_test_out_of_the_table_and_the_logs(tmp_path, idx_dir):
+    """A variant still being chosen on validation: its table and its job's log hold no test
+    accuracy, its metrics file does (for the variant validation chooses); without
+    --hide-test the same cell's table has the test column."""
+    tables = {}
+    for label, flags in (("shown", []), ("hidden", ["--hide-test"])):
+        out = tmp_path / label
+        proc = table1("--epochs", "1", "--models", "fc", "--methods", "sgd", "--data-dir", idx_dir,
+                      "--set", "val_size=64", "--backend", "local", "--out", out,
+                      "--label", label, *flags)
+        assert proc.returncode == 0, proc.stderr
+        tables[label] = (out / f"results-{label}.md").read_text().splitlines()
+        last = json.loads((out / f"fc-sgd-{label}.jsonl").read_text().splitlines()[-1])
+        logs = "".join(p.read_text() for p in (out / "logs").glob("*.out"))
+        assert f"val_acc {last['val_acc']:.4f}" in logs
+        assert ("test_acc" in logs) == (label == "shown") and "test_acc" in last
+        csv_head = (out / f"results-{label}.csv").read_text().splitlines()[0].split(",")
+        assert csv_head == ["model", "method", "epochs", "val_acc"] + ["test_acc"] * (
+            label == "shown") + ["paper", "ms_per_step"]
+    shown, hidden = tables["shown"], tables["hidden"]
+    assert shown[0] == ("| model | method | epochs | val acc (%) | test acc (%) | "
+                        "paper, 100 epochs (%) | ms/step |") and shown[1] == "|" + "---|" * 7
+    assert hidden[0] == shown[0].replace(" test acc (%) |", "") and hidden[1] == "|" + "---|" * 6
+    shown_cells, hidden_cells = shown[2].split(" | "), hidden[2].split(" | ")
+    assert hidden_cells[:4] == [c.replace("shown", "hidden") for c in shown_cells[:4]]
+    assert hidden_cells[4] == shown_cells[5] == "87.32"  # the paper's figure
+
+
 def test_table1_bad_set_is_one_line(tmp_path):
     for bad, fragment in [(["--set", "rbd.colour=red"], "'colour' is not a config field"),
                           (["--set", "adam.lr=1"], "method 'adam' is not one of nes, fpd, rbd, sgd"),
