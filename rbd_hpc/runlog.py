@@ -403,6 +403,8 @@ class RunFile:
     """Read-only view of a run file's committed content, with integrity checks."""
 
     def __init__(self, path: str | Path):
+        if not str(path).strip():  # Path("") is ".", which would be named instead
+            raise UserError(f"run file {str(path)!r} is empty; give the path of a run file (.h5)")
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"run file {self.path} does not exist" if not self.path.exists()

@@ -221,6 +221,8 @@ def test_bad_run_files(rbd_run, tmp_path):
     for cmd in ("replay", "inspect"):
         assert_user_error(run_cli(cmd, text), "is not an HDF5 file")
     assert_user_error(run_cli("inspect", tmp_path / "absent.h5"), "does not exist")
+    for cmd in ("replay", "inspect", "eval"):  # an empty path was named "." (Path("") is ".")
+        assert_user_error(run_cli(cmd, ""), "run file '' is empty; give the path of a run file")
     checkpoint = tmp_path / "w.npz"
     assert run_cli("replay", rbd_run, "--step", "3", "--out", checkpoint).returncode == 0
     for cmd in ("eval", "inspect"):  # a checkpoint where a run file belongs: said so
