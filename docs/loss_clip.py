@@ -15,23 +15,16 @@ import sys
 
 import torch
 
-from rbd_hpc.checkpoint import model_for, weights_at
-from rbd_hpc.data import load_dataset
+from rbd_hpc.api import scorer
 from rbd_hpc.errors import UserError
-from rbd_hpc.runlog import RunFile
 
 torch.set_num_threads(1)
 for path in sys.argv[1:]:
     try:
-        with RunFile(path) as run:
-            cfg = run.config()
-            weights = weights_at(run, None)
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.val_size)
+        run = scorer(path)
     except UserError as e:
         sys.exit(f"loss_clip.py: {e}")
-    net = model_for(cfg, data.shape)
-    net.load_state_dict(weights.state_dict(), strict=True)
-    net.eval()
+    net, data = run.net.eval(), run.data
     x, y = data.train.x, torch.from_numpy(data.train.y).long()
     with torch.no_grad():
         logp = torch.cat([torch.log_softmax(net(data.inputs.tensor(x[i:i + 2000])), 1)
@@ -39,7 +32,7 @@ for path in sys.argv[1:]:
     p = logp.gather(1, y[:, None])[:, 0].exp()
     clipped = (p < 1e-7) | (p > 1 - 1e-7)
     removed = (1 - p)[clipped].sum().item() / (1 - p).sum().item()
-    print(f"{path}: step {weights.step}, {len(y)} training images, train loss "
+    print(f"{path}: step {run.weights.step}, {len(y)} training images, train loss "
           f"{-p.log().mean():.4f}; p_y < 1e-7: {(p < 1e-7).sum().item()}; p_y > 1-1e-7: "
           f"{(p > 1 - 1e-7).sum().item()}; smallest p_y {p.min():.3e}; share of sum|1-p_y| "
           f"the clip removes: {removed:.2e}")

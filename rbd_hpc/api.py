@@ -19,16 +19,19 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Callable
 
-from .checkpoint import load, model_for, weights_at
+import numpy as np
+import torch
+
+from .checkpoint import Weights, load, model_for, weights_at
 from .comm import SingleProcess, create_communicator
 from .config import TrainConfig, check_option
-from .data import load_dataset
-from .errors import UserError
+from .data import Dataset, load_dataset
+from .errors import UserError, require_choice
 from .runlog import RunFile
 from .train import evaluate as score_split, train
 from .usercode import spec_of
 
-__all__ = ["fit", "load", "evaluate", "weights_at"]
+__all__ = ["fit", "load", "evaluate", "scorer", "Scorer", "weights_at"]
 
 
 def _spec(factory, what: str) -> str:
@@ -60,28 +63,61 @@ def fit(model: Callable | str, data: Callable | str, config: TrainConfig | dict 
                  should_stop=should_stop, overwrite=overwrite, hide_test=hide_test)
 
 
-def evaluate(run_path: str, step: int | None = None, data_dir: str | None = None,
-             batch: int | None = None) -> dict:
-    """Validation and test loss and accuracy of a run's weights at ``step`` (default: its
-    last), on the run's own data set and validation split; with the accuracy the run logged
-    at that step, when it logged one."""
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class Scorer:
+    """A run's configuration, its data set (splits as the run made them) and its network
+    holding the run's weights at ``weights.step``; ``score`` rates those weights, or any θ
+    of the same layout (an average of snapshots, a perturbed θ), on a split."""
+    cfg: TrainConfig
+    data: Dataset
+    net: torch.nn.Module
+    weights: Weights
+    batch: int
+
+    def score(self, split: str, theta: np.ndarray | None = None) -> tuple[float, float]:
+        """(mean loss, accuracy) on ``split`` ("train", "val" or "test") of the run's weights,
+        or of ``theta``, a vector of the run's layout, with the run's buffers."""
+        require_choice("split", split, SPLITS)
+        if theta is not None and self.weights.buffers.size:
+            raise UserError(f"{self.weights.run_path}: the network has buffers (BatchNorm), "
+                            "which another θ would need recomputed")
+        self.net.load_state_dict(self.weights.state_dict(
+            None if theta is None else np.asarray(theta, np.float32)), strict=True)
+        return score_split(self.net, getattr(self.data, split), SingleProcess(), "cpu",
+                           self.data.inputs, self.batch)
+
+
+def scorer(run_path: str, step: int | None = None, data_dir: str | None = None,
+           batch: int | None = None) -> Scorer:
+    """The run's network with its weights at ``step`` (default: its last) and its own data set
+    and validation split, ready to score (``Scorer``)."""
     if batch is not None:
         check_option("eval_batch_size", batch)
     with RunFile(run_path) as run:
         cfg = run.config()
         weights = weights_at(run, step)
-        logged = [m for m in run.metrics() if int(m["step"]) == weights.step]
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir, cfg.seed, cfg.val_size)
     net = model_for(cfg, data.shape)
     net.load_state_dict(weights.state_dict(), strict=True)
-    comm, batch = SingleProcess(), batch or cfg.eval_batch_size
-    scores = {"step": weights.step, "buffers_step": weights.buffers_step}
-    for name, split in (("val", data.val), ("test", data.test)):
-        if len(split.y):
-            scores[f"{name}_loss"], scores[f"{name}_acc"] = score_split(
-                net, split, comm, "cpu", data.inputs, batch)
+    return Scorer(cfg, data, net, weights, batch or cfg.eval_batch_size)
+
+
+def evaluate(run_path: str, step: int | None = None, data_dir: str | None = None,
+             batch: int | None = None) -> dict:
+    """Validation and test loss and accuracy of a run's weights at ``step`` (default: its
+    last), on the run's own data set and validation split; with the accuracy the run logged
+    at that step, when it logged one."""
+    s = scorer(run_path, step, data_dir, batch)
+    scores = {"step": s.weights.step, "buffers_step": s.weights.buffers_step}
+    for name in ("val", "test"):
+        if len(getattr(s.data, name).y):
+            scores[f"{name}_loss"], scores[f"{name}_acc"] = s.score(name)
+    with RunFile(run_path) as run:
+        logged = [m for m in run.metrics() if int(m["step"]) == s.weights.step]
     if logged:
         scores["logged_test_acc"] = logged[-1]["test_acc"]
         scores["logged_val_acc"] = logged[-1]["val_acc"]
     return scores
-

@@ -47,13 +47,18 @@ class Weights:
         self.layout, self.buffer_layout = run.layout, run.buffer_layout
         self.run_path = str(run.path)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters and buffers by name: what ``model.state_dict()`` holds."""
+    def state_dict(self, theta: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """Parameters and buffers by name: what ``model.state_dict()`` holds; the parameters
+        from ``theta`` (a vector of this run's layout) instead of the run's, when given."""
+        theta = self.theta if theta is None else theta
+        if len(theta) != self.layout["offsets"][-1]:
+            raise UserError(f"θ of {len(theta)} values does not fit {self.run_path}, whose "
+                            f"network has {self.layout['offsets'][-1]}")
         out = {}
         lay = self.layout
         for name, shape, lo, hi in zip(lay["names"], lay["shapes"], lay["offsets"],
                                        lay["offsets"][1:]):
-            out[name] = torch.from_numpy(np.array(self.theta[lo:hi])).reshape(shape)
+            out[name] = torch.from_numpy(np.array(theta[lo:hi])).reshape(shape)
         offset = 0
         for name, shape in zip(self.buffer_layout["names"], self.buffer_layout["shapes"]):
             n = int(np.prod(shape))

@@ -98,6 +98,36 @@ def test_fit_hide_test_prints_no_test_score_and_returns_it(tmp_path, idx_dir, ca
     assert 0 <= summary["test_acc"] <= 1
 
 
+def test_scorer_scores_the_run_weights_and_any_theta_of_its_layout(tmp_path, idx_dir):
+    run = str(tmp_path / "fc.h5")
+    rbd_hpc.fit("fc", "fmnist", data_dir=str(idx_dir), val_size=64, d=20, steps=18, threads=1,
+                out=run)
+    s = rbd_hpc.scorer(run)
+    scores = rbd_hpc.evaluate(run)
+    assert s.weights.step == 18 and np.array_equal(s.weights.theta, final_theta(run))
+    assert s.score("val") == (scores["val_loss"], scores["val_acc"])
+    assert s.score("test") == (scores["test_loss"], scores["test_acc"])
+    assert s.score("val", s.weights.theta.astype(np.float64)) == s.score("val")
+    # θ = 0: every logit is 0, so the loss is ln 10 and argmax picks class 0
+    loss, acc = s.score("val", np.zeros_like(s.weights.theta))
+    assert loss == pytest.approx(np.log(10), rel=1e-6)
+    assert acc == np.mean(s.data.val.y == 0) and len(s.data.val.y) == 64
+    assert s.score("val") == (scores["val_loss"], scores["val_acc"])  # the run's θ again
+    with pytest.raises(UserError, match=re.escape(
+            "split 'valid' is not valid; choose one of: train, val, test")):
+        s.score("valid")
+    n = len(s.weights.theta)
+    with pytest.raises(UserError, match=re.escape(f"θ of 5 values does not fit {run}, whose "
+                                                  f"network has {n}")):
+        s.score("val", np.zeros(5))
+    bn = str(tmp_path / "bn.h5")
+    rbd_hpc.fit(MODEL, DATA, {"lr": 0.05, "steps": 2, "d": 8, "val_size": 64}, out=bn)
+    with pytest.raises(UserError, match="has buffers \\(BatchNorm\\), which another θ"):
+        rbd_hpc.scorer(bn).score("val", np.zeros(len(final_theta(bn))))
+    assert rbd_hpc.scorer(bn).score("val") == tuple(
+        rbd_hpc.evaluate(bn)[k] for k in ("val_loss", "val_acc"))
+
+
 def test_fit_refuses_a_factory_nobody_else_can_import(tmp_path):
     with pytest.raises(UserError, match="has no importable name"):
         rbd_hpc.fit(lambda: torch.nn.Linear(16, 4), DATA, lr=0.1, steps=1,
