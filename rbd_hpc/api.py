@@ -81,11 +81,16 @@ class Scorer:
         """(mean loss, accuracy) on ``split`` ("train", "val" or "test") of the run's weights,
         or of ``theta``, a vector of the run's layout, with the run's buffers."""
         require_choice("split", split, SPLITS)
-        if theta is not None and self.weights.buffers.size:
-            raise UserError(f"{self.weights.run_path}: the network has buffers (BatchNorm), "
-                            "which another θ would need recomputed")
-        self.net.load_state_dict(self.weights.state_dict(
-            None if theta is None else np.asarray(theta, np.float32)), strict=True)
+        if theta is not None:
+            if self.weights.buffers.size:
+                raise UserError(f"{self.weights.run_path}: the network has buffers (BatchNorm), "
+                                "which another θ would need recomputed")
+            try:
+                theta = np.asarray(theta, np.float32)
+            except (TypeError, ValueError):
+                raise UserError(f"θ of type {type(theta).__name__} is not valid; give a vector "
+                                "of floats in the run's layout") from None
+        self.net.load_state_dict(self.weights.state_dict(theta), strict=True)
         return score_split(self.net, getattr(self.data, split), SingleProcess(), "cpu",
                            self.data.inputs, self.batch)
 

@@ -51,9 +51,9 @@ class Weights:
         """Parameters and buffers by name: what ``model.state_dict()`` holds; the parameters
         from ``theta`` (a vector of this run's layout) instead of the run's, when given."""
         theta = self.theta if theta is None else theta
-        if len(theta) != self.layout["offsets"][-1]:
-            raise UserError(f"θ of {len(theta)} values does not fit {self.run_path}, whose "
-                            f"network has {self.layout['offsets'][-1]}")
+        if np.shape(theta) != (self.layout["offsets"][-1],):
+            raise UserError(f"θ of shape {np.shape(theta)} does not fit {self.run_path}, whose "
+                            f"network has {self.layout['offsets'][-1]} parameters")
         out = {}
         lay = self.layout
         for name, shape, lo, hi in zip(lay["names"], lay["shapes"], lay["offsets"],

@@ -117,9 +117,12 @@ def test_scorer_scores_the_run_weights_and_any_theta_of_its_layout(tmp_path, idx
             "split 'valid' is not valid; choose one of: train, val, test")):
         s.score("valid")
     n = len(s.weights.theta)
-    with pytest.raises(UserError, match=re.escape(f"θ of 5 values does not fit {run}, whose "
-                                                  f"network has {n}")):
-        s.score("val", np.zeros(5))
+    for theta, shape in [(np.zeros(5), "(5,)"), (np.zeros((1, n)), f"(1, {n})")]:
+        with pytest.raises(UserError, match=re.escape(
+                f"θ of shape {shape} does not fit {run}, whose network has {n} parameters")):
+            s.score("val", theta)
+    with pytest.raises(UserError, match="θ of type str is not valid; give a vector of floats"):
+        s.score("val", "x")
     bn = str(tmp_path / "bn.h5")
     rbd_hpc.fit(MODEL, DATA, {"lr": 0.05, "steps": 2, "d": 8, "val_size": 64}, out=bn)
     with pytest.raises(UserError, match="has buffers \\(BatchNorm\\), which another θ"):
