@@ -24,14 +24,12 @@ EPOCHS = (2, 5, 10, 20, 30)
 torch.set_num_threads(1)
 for path in sys.argv[1:]:
     try:
-        run = scorer(path)
-        last = run.weights
-        if last.buffers.size:
-            raise UserError(f"{path}: the network has buffers (BatchNorm); an average of θ "
-                            "would need them recomputed")
-        steps_per_epoch = len(run.data.train.y) // run.cfg.batch_size
-        oldest = last.step - max(EPOCHS) * steps_per_epoch
         with RunFile(path) as f:
+            run = scorer(f)
+            run.refuse_buffers("an average of θ")
+            last = run.weights
+            steps_per_epoch = len(run.data.train.y) // run.cfg.batch_size
+            oldest = last.step - max(EPOCHS) * steps_per_epoch
             snaps = [f.snapshot(i)[:2] for i, s in enumerate(f.snapshot_steps())
                      if oldest < s <= last.step]
     except UserError as e:

@@ -15,6 +15,7 @@ one-line message the CLI prints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Callable
@@ -77,14 +78,19 @@ class Scorer:
     weights: Weights
     batch: int
 
+    def refuse_buffers(self, what: str) -> None:
+        """A UserError when the network has buffers (BatchNorm), which ``what`` (a θ the run
+        never held) would need recomputed."""
+        if self.weights.buffers.size:
+            raise UserError(f"{self.weights.run_path}: the network has buffers (BatchNorm), "
+                            f"which {what} would need recomputed")
+
     def score(self, split: str, theta: np.ndarray | None = None) -> tuple[float, float]:
         """(mean loss, accuracy) on ``split`` ("train", "val" or "test") of the run's weights,
         or of ``theta``, a vector of the run's layout, with the run's buffers."""
         require_choice("split", split, SPLITS)
         if theta is not None:
-            if self.weights.buffers.size:
-                raise UserError(f"{self.weights.run_path}: the network has buffers (BatchNorm), "
-                                "which another θ would need recomputed")
+            self.refuse_buffers("another θ")
             try:
                 theta = np.asarray(theta, np.float32)
             except (TypeError, ValueError):
@@ -95,15 +101,16 @@ class Scorer:
                            self.data.inputs, self.batch)
 
 
-def scorer(run_path: str, step: int | None = None, data_dir: str | None = None,
+def scorer(run: str | RunFile, step: int | None = None, data_dir: str | None = None,
            batch: int | None = None) -> Scorer:
     """The run's network with its weights at ``step`` (default: its last) and its own data set
-    and validation split, ready to score (``Scorer``)."""
+    and validation split, ready to score (``Scorer``); ``run``: a path, or a RunFile open
+    already (its other contents read in the same pass)."""
     if batch is not None:
         check_option("eval_batch_size", batch)
-    with RunFile(run_path) as run:
-        cfg = run.config()
-        weights = weights_at(run, step)
+    with contextlib.nullcontext(run) if isinstance(run, RunFile) else RunFile(run) as f:
+        cfg = f.config()
+        weights = weights_at(f, step)
     data = load_dataset(cfg.dataset, data_dir or cfg.data_dir, cfg.seed, cfg.val_size)
     net = model_for(cfg, data.shape)
     net.load_state_dict(weights.state_dict(), strict=True)
@@ -115,13 +122,13 @@ def evaluate(run_path: str, step: int | None = None, data_dir: str | None = None
     """Validation and test loss and accuracy of a run's weights at ``step`` (default: its
     last), on the run's own data set and validation split; with the accuracy the run logged
     at that step, when it logged one."""
-    s = scorer(run_path, step, data_dir, batch)
+    with RunFile(run_path) as run:
+        s = scorer(run, step, data_dir, batch)
+        logged = [m for m in run.metrics() if int(m["step"]) == s.weights.step]
     scores = {"step": s.weights.step, "buffers_step": s.weights.buffers_step}
     for name in ("val", "test"):
         if len(getattr(s.data, name).y):
             scores[f"{name}_loss"], scores[f"{name}_acc"] = s.score(name)
-    with RunFile(run_path) as run:
-        logged = [m for m in run.metrics() if int(m["step"]) == s.weights.step]
     if logged:
         scores["logged_test_acc"] = logged[-1]["test_acc"]
         scores["logged_val_acc"] = logged[-1]["val_acc"]

@@ -105,6 +105,8 @@ def test_scorer_scores_the_run_weights_and_any_theta_of_its_layout(tmp_path, idx
     s = rbd_hpc.scorer(run)
     scores = rbd_hpc.evaluate(run)
     assert s.weights.step == 18 and np.array_equal(s.weights.theta, final_theta(run))
+    with RunFile(run) as opened:  # a run file open already: read in the same pass
+        assert rbd_hpc.scorer(opened).score("val") == (scores["val_loss"], scores["val_acc"])
     assert s.score("val") == (scores["val_loss"], scores["val_acc"])
     assert s.score("test") == (scores["test_loss"], scores["test_acc"])
     assert s.score("val", s.weights.theta.astype(np.float64)) == s.score("val")
