@@ -85,3 +85,26 @@ def test_gradient_share_compares_two_bases_at_three_snapshots(idx_dir, tmp_path)
     lines = script("gradient_share.py", run).stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["step 2", "step 10", "step 12"]
     assert all("share of ‖g_fc1‖² in 125 directions: srht 0." in line for line in lines)
+
+
+def test_keras_sgd_refuses_in_one_line_where_tensorflow_is_missing_or_out_exists(tmp_path):
+    """keras_sgd.py needs TensorFlow, which the project's environment does not hold: it says so
+    in one line (no traceback) and writes nothing; an existing OUT is refused, not overwritten."""
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("TensorFlow is installed here")
+    except ImportError:
+        pass
+    cmd = [sys.executable, str(ROOT / "docs" / "keras_sgd.py")]
+    out = tmp_path / "k.jsonl"
+    proc = subprocess.run([*cmd, out, "--epochs", "1"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (
+        1, "keras_sgd.py: needs TensorFlow (pip install tensorflow-cpu), which is not installed "
+           "here\n")
+    assert not out.exists()
+    out.write_text("kept\n")
+    proc = subprocess.run([*cmd, out], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (f"keras_sgd.py: error: {out} exists; choose another "
+                                            "OUT (nothing is overwritten)")
+    assert out.read_text() == "kept\n"
