@@ -9,9 +9,9 @@ implementation or would appear in the official framework too. Everything but the
 built the official way (vendor/img of graphcore-research/random-bases): the `base_conv`
 network as a Keras Sequential with Keras' default initialisers and a softmax output,
 ``categorical_crossentropy`` on its probabilities, plain SGD at 2^-9 · 32 = 0.0625, batch 32
-with the last partial batch dropped, a shuffle buffer of 50,000 redrawn every epoch, and, on
-the training images only, pad to 34 × 34, a random 28 × 28 crop and random brightness ± 0.5
-(tf.image). The split is rbd-hpc's ``--protocol paper`` split for ``--seed`` (50,000 / 10,000,
+from one repeated stream (1,563 steps an epoch), a shuffle buffer of 50,000 redrawn every
+pass, and, on the training images only, pad to 34 × 34, a random 28 × 28 crop and random
+brightness ± 0.5 (tf.image), drawn anew on every pass. The split is rbd-hpc's ``--protocol paper`` split for ``--seed`` (50,000 / 10,000,
 keyed by the seed), so the validation images are those of the rbd-hpc runs with that seed.
 After every epoch one JSON line goes to OUT.jsonl (epoch, train_loss, val_loss, val_acc,
 test_loss, test_acc, as in rbd-hpc's metrics files). Not bitwise reproducible: TensorFlow's
@@ -71,12 +71,15 @@ def main(argv):
     def pipeline(split, train):
         ds = tf.data.Dataset.from_tensor_slices((split.x, tf.one_hot(split.y, 10)))
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y))
-        if train and a.augment:
+        if not train:
+            return ds.batch(1000)
+        if a.augment:
             ds = ds.map(lambda x, y: (tf.image.random_brightness(tf.image.random_crop(
                 tf.image.resize_with_crop_or_pad(x, 34, 34), [28, 28, 1]), 0.5), y))
-        if train:
-            ds = ds.shuffle(50000, seed=a.seed, reshuffle_each_iteration=True)
-        return ds.batch(32, drop_remainder=train).prefetch(2)
+        # one repeated stream read by one iterator, as the official infeed: a new iterator every
+        # epoch would redraw the same crops and brightness from the same seeds every epoch
+        ds = ds.shuffle(50000, seed=a.seed, reshuffle_each_iteration=True).repeat()
+        return ds.batch(32, drop_remainder=True).prefetch(2)
 
     train, val, test = (pipeline(data.train, True), pipeline(data.val, False),
                         pipeline(data.test, False))
@@ -84,17 +87,23 @@ def main(argv):
     assert net.count_params() == 93322, net.count_params()
     net.compile(optimizer=tf.keras.optimizers.SGD(LR), loss="categorical_crossentropy",
                 metrics=["accuracy"])
-    with open(a.out, "w") as out:
-        for epoch in range(1, a.epochs + 1):
-            hist = net.fit(train, epochs=1, verbose=0)
+    out = open(a.out, "w")
+
+    class Record(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
             val_loss, val_acc = net.evaluate(val, verbose=0)
             test_loss, test_acc = net.evaluate(test, verbose=0)
-            row = {"epoch": epoch, "train_loss": hist.history["loss"][0], "val_loss": val_loss,
+            row = {"epoch": epoch + 1, "train_loss": logs["loss"], "val_loss": val_loss,
                    "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
             out.write(json.dumps(row) + "\n")
             out.flush()
-            print(f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_acc {val_acc:.4f}",
+            print(f"epoch {epoch + 1}: train_loss {logs['loss']:.4f} val_acc {val_acc:.4f}",
                   flush=True)
+
+    # the official loop counts ceil(50,000 / 32) = 1,563 steps an epoch from the repeated stream
+    steps = -(-len(data.train.y) // 32)
+    net.fit(train, epochs=a.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Record()])
+    out.close()
 
 
 if __name__ == "__main__":
