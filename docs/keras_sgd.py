@@ -11,8 +11,9 @@ network as a Keras Sequential with Keras' default initialisers and a softmax out
 ``categorical_crossentropy`` on its probabilities, plain SGD at 2^-9 · 32 = 0.0625, batch 32
 from one repeated stream (1,563 steps an epoch), a shuffle buffer of 50,000 redrawn every
 pass, and, on the training images only, pad to 34 × 34, a random 28 × 28 crop and random
-brightness ± 0.5 (tf.image), drawn anew on every pass. The split is rbd-hpc's ``--protocol paper`` split for ``--seed`` (50,000 / 10,000,
-keyed by the seed), so the validation images are those of the rbd-hpc runs with that seed.
+brightness ± 0.5 (tf.image), drawn anew on every pass. The split is rbd-hpc's ``--protocol
+paper`` split for ``--seed`` (50,000 / 10,000, keyed by the seed), so the validation images are
+those of the rbd-hpc runs with that seed.
 After every epoch one JSON line goes to OUT.jsonl (epoch, train_loss, val_loss, val_acc,
 test_loss, test_acc, as in rbd-hpc's metrics files). Not bitwise reproducible: TensorFlow's
 random ops are seeded but its kernels are not made deterministic here.
@@ -21,9 +22,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from rbd_hpc.data import load_dataset
 from rbd_hpc.errors import UserError
+from rbd_hpc.runlog import check_writable
 
 LR = 2 ** -9 * 32
 
@@ -38,6 +41,8 @@ def parse(argv):
     a = p.parse_args(argv)
     if a.epochs < 1 or a.threads < 1:
         p.error(f"--epochs {a.epochs} and --threads {a.threads} must be positive")
+    if not a.out.strip():
+        p.error("OUT '' is empty; give a file name")
     if os.path.exists(a.out):
         p.error(f"{a.out} exists; choose another OUT (nothing is overwritten)")
     return a
@@ -55,6 +60,10 @@ def network(tf):
 
 def main(argv):
     a = parse(argv)
+    try:  # the project's own check: a missing directory, a directory, no write permission
+        check_writable(Path(a.out), "OUT")
+    except UserError as e:
+        sys.exit(f"keras_sgd.py: {e}")
     try:
         import tensorflow as tf
     except ImportError:
@@ -87,7 +96,6 @@ def main(argv):
     assert net.count_params() == 93322, net.count_params()
     net.compile(optimizer=tf.keras.optimizers.SGD(LR), loss="categorical_crossentropy",
                 metrics=["accuracy"])
-    out = open(a.out, "w")
 
     class Record(tf.keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -102,8 +110,8 @@ def main(argv):
 
     # the official loop counts ceil(50,000 / 32) = 1,563 steps an epoch from the repeated stream
     steps = -(-len(data.train.y) // 32)
-    net.fit(train, epochs=a.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Record()])
-    out.close()
+    with open(a.out, "w") as out:
+        net.fit(train, epochs=a.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Record()])
 
 
 if __name__ == "__main__":

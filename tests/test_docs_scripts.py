@@ -108,3 +108,6 @@ def test_keras_sgd_refuses_in_one_line_where_tensorflow_is_missing_or_out_exists
     assert proc.stderr.splitlines()[-1] == (f"keras_sgd.py: error: {out} exists; choose another "
                                             "OUT (nothing is overwritten)")
     assert out.read_text() == "kept\n"
+    proc = subprocess.run([*cmd, tmp_path / "nope" / "k.jsonl"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (
+        1, f"keras_sgd.py: output directory {tmp_path / 'nope'} does not exist\n")
