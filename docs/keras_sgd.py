@@ -27,6 +27,7 @@ from pathlib import Path
 from rbd_hpc.data import load_dataset
 from rbd_hpc.errors import UserError
 from rbd_hpc.runlog import check_writable
+from tf_cpu import tensorflow  # docs/tf_cpu.py, beside this script
 
 LR = 2 ** -9 * 32
 
@@ -64,13 +65,7 @@ def main(argv):
         check_writable(Path(a.out), "OUT")
     except UserError as e:
         sys.exit(f"keras_sgd.py: {e}")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        sys.exit("keras_sgd.py: needs TensorFlow (pip install tensorflow-cpu), which is not "
-                 "installed here")
-    tf.config.threading.set_intra_op_parallelism_threads(a.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf = tensorflow("keras_sgd.py", a.threads)
     tf.keras.utils.set_random_seed(a.seed)
     try:
         data = load_dataset("fmnist", None, a.seed, 10000)

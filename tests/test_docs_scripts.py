@@ -111,3 +111,56 @@ def test_keras_sgd_refuses_in_one_line_where_tensorflow_is_missing_or_out_exists
     proc = subprocess.run([*cmd, tmp_path / "nope" / "k.jsonl"], capture_output=True, text=True)
     assert (proc.returncode, proc.stderr) == (
         1, f"keras_sgd.py: output directory {tmp_path / 'nope'} does not exist\n")
+
+
+def load_doc_script(name: str):
+    import importlib.util
+    if str(ROOT / "docs") not in sys.path:  # as when run: the script's own directory first
+        sys.path.insert(0, str(ROOT / "docs"))
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / "docs" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tf_rbd_step_moves_torch_parameters_into_keras_layout_and_back():
+    """tf_rbd_step.py hands θ and every direction to TensorFlow in Keras' layout: a conv kernel
+    as (kh, kw, in, out), a dense kernel as (in, out), and fc1's rows in the order Keras'
+    Flatten reads a channel-last feature map; the inverse gives back torch's flat vector."""
+    import numpy as np
+    import torch
+    t = load_doc_script("tf_rbd_step.py")
+    rng = np.random.default_rng(0)
+    conv = rng.standard_normal((64, 32, 3, 3)).astype(np.float32)
+    k = t.to_keras("conv2.weight", conv.shape, conv.reshape(1, -1))[0].reshape(3, 3, 32, 64)
+    assert k[2, 1, 5, 7] == conv[7, 5, 2, 1] and k[0, 2, 31, 63] == conv[63, 31, 0, 2]
+    fc1 = rng.standard_normal((64, 64 * 3 * 3)).astype(np.float32)
+    k1 = t.to_keras("fc1.weight", fc1.shape, fc1.reshape(1, -1))[0].reshape(576, 64)
+    fmap = rng.standard_normal((64, 3, 3)).astype(np.float32)         # torch's (C, H, W)
+    torch_out = torch.from_numpy(fc1) @ torch.from_numpy(fmap).flatten()
+    keras_out = torch.from_numpy(fmap.transpose(1, 2, 0).reshape(-1)) @ torch.from_numpy(k1)
+    assert torch.allclose(torch_out, keras_out, rtol=1e-5, atol=1e-5)
+    fc2 = rng.standard_normal((10, 64)).astype(np.float32)
+    assert np.array_equal(t.to_keras("fc2.weight", fc2.shape, fc2.reshape(1, -1))[0]
+                          .reshape(64, 10), fc2.T)
+    for name, w in [("conv2.weight", conv), ("fc1.weight", fc1), ("fc2.weight", fc2),
+                    ("fc2.bias", fc2[0])]:
+        keras = t.to_keras(name, w.shape, w.reshape(1, -1))[0].reshape(t.keras_shape(w.shape))
+        assert np.array_equal(t.to_keras_inverse(keras, name, w.shape), w.reshape(-1)), name
+
+
+def test_tf_rbd_step_refuses_in_one_line_where_tensorflow_is_missing():
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("TensorFlow is installed here")
+    except ImportError:
+        pass
+    cmd = [sys.executable, str(ROOT / "docs" / "tf_rbd_step.py")]
+    proc = subprocess.run([*cmd, "--steps", "1"], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        1, "", "tf_rbd_step.py: needs TensorFlow (pip install tensorflow-cpu), which is not "
+               "installed here\n")
+    proc = subprocess.run([*cmd, "--steps", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1] == ("tf_rbd_step.py: error: --steps 0, --every 100 and "
+                                            "--threads 1 must be positive")

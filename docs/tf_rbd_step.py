@@ -1,0 +1,245 @@
+"""The official RBD step, built in TensorFlow as models/rbd.py builds it, against rbd-hpc's.
+
+    python docs/tf_rbd_step.py [--seed S] [--steps K] [--every N] [--augment] [--threads T]
+
+Needs TensorFlow, which rbd-hpc does not install (``pip install tensorflow-cpu`` in a separate
+virtual environment that also has rbd-hpc, as for docs/keras_sgd.py). It checks whether
+rbd-hpc's RBD step is the official one (graphcore-research/random-bases, models/rbd.py and
+mixins/random_base.py), by running both side by side from the same θ0 on the same batches and
+the same directions, under ``--protocol paper`` on the CNN (Fashion-MNIST, d = 250, one
+compartment, rate 0.125, batch 32; augmentation off unless ``--augment``).
+
+The TensorFlow side is written from the official code, not from rbd-hpc's:
+  - each variable is used as W + E c, the official ``noise_product``: the d directions in
+    batches of 50 (``base.batching``), E = ε / auto_norm(D) with auto_norm(D) = √D, and the
+    coordinates c a zero vector reset before every step;
+  - the network is ``base_conv`` channel-last (tf.nn ops, as Keras' Conv2D, MaxPool2D,
+    Flatten and Dense compute it) ending in a softmax, scored by Keras'
+    ``categorical_crossentropy`` on its probabilities;
+  - the coordinate gradient is the gradient of that loss with respect to c, which is assigned
+    to the coordinates; the step of each variable is the same product E c (batched sum), applied
+    by ``tf.keras.optimizers.SGD(learning_rate).apply_gradients``.
+Only the inputs are shared: θ0 (rbd-hpc's Glorot-uniform draw, moved to Keras' layout), each
+step's batch, and each step's directions ε / √D (rbd-hpc's Philox draws, moved to Keras'
+layout), since TensorFlow's stateless sampler would draw other ones.
+
+The rbd-hpc side is the ``rbd-hpc train --preset cnn-fmnist --method rbd --protocol paper
+--no-augment --seed S`` run step for step (its validation accuracies are that run's). Each side
+then follows its own trajectory. Every ``--every`` steps it prints the step's
+coordinate gradients as the official graph computes them at rbd-hpc's θ (the largest
+difference relative to the largest coordinate), the two trajectories' distance relative to
+how far θ has moved, and both losses; after every epoch, both networks' validation accuracy.
+"""
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from rbd_hpc.comm import SingleProcess
+from rbd_hpc.config import TrainConfig
+from rbd_hpc.errors import UserError
+from rbd_hpc.train import evaluate, set_up, step_batch, take_step
+from tf_cpu import tensorflow  # docs/tf_cpu.py, beside this script
+
+BATCHING = 50  # the official base.batching: the noise product runs over 50 directions at a time
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="tf_rbd_step.py", description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1562, help="steps to run (1562: one epoch)")
+    p.add_argument("--every", type=int, default=100, help="print a comparison every N steps")
+    p.add_argument("--augment", action="store_true", help="the paper's augmentation on")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    if a.steps < 1 or a.every < 1 or a.threads < 1:
+        p.error(f"--steps {a.steps}, --every {a.every} and --threads {a.threads} must be positive")
+    return a
+
+
+def to_keras(name: str, shape: tuple, rows: np.ndarray) -> np.ndarray:
+    """Rows (n × size) of one torch parameter in torch's layout → (n × size) in Keras' layout."""
+    n = rows.shape[0]
+    t = rows.reshape((n,) + shape)
+    if len(shape) == 4:                       # conv (O, I, kh, kw) → (kh, kw, I, O)
+        t = t.transpose(0, 3, 4, 2, 1)
+    elif len(shape) == 2 and name.startswith("fc1"):
+        # dense after Flatten: torch flattens (C, H, W), Keras (H, W, C)
+        side = int(round(math.sqrt(shape[1] // 64)))
+        t = t.reshape(n, shape[0], 64, side, side).transpose(0, 3, 4, 2, 1)
+    elif len(shape) == 2:                     # dense (out, in) → (in, out)
+        t = t.transpose(0, 2, 1)
+    return np.ascontiguousarray(t).reshape(n, -1)
+
+
+def keras_shape(shape: tuple) -> tuple:
+    if len(shape) == 4:
+        return (shape[2], shape[3], shape[1], shape[0])
+    if len(shape) == 2:
+        return (shape[1], shape[0])
+    return shape
+
+
+def main(argv):
+    a = parse(argv)
+    tf = tensorflow("tf_rbd_step.py", a.threads)
+    try:
+        cfg = TrainConfig.from_preset("cnn-fmnist", protocol="paper", method="rbd",
+                                      augment=a.augment, seed=a.seed, steps=a.steps,
+                                      threads=a.threads)
+        s = set_up(cfg, SingleProcess())
+    except UserError as e:
+        sys.exit(f"tf_rbd_step.py: {e}")
+    comp, = s.compartments                      # the paper's one compartment
+    D, d, lr = s.flat.dim, comp.d, cfg.lr
+    names, shapes = s.flat.names, s.flat.shapes
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    spans = np.cumsum([0] + sizes)
+    print(f"CNN-FMNIST, --protocol paper, seed {a.seed}: D = {D}, d = {d}, lr = {lr:g}, "
+          f"{cfg.dist} directions, normalize {cfg.normalize}, augment {cfg.augment}; "
+          f"parameters {', '.join(names)}", flush=True)
+
+    def keras_vectors(flat: np.ndarray) -> list:
+        return [to_keras(n, sh, flat[None, lo:hi])[0].reshape(keras_shape(sh))
+                for n, sh, lo, hi in zip(names, shapes, spans[:-1], spans[1:])]
+
+    def keras_bases(phi: np.ndarray) -> list:
+        """Per variable, E (size × d) in Keras' layout, from the step's d rows."""
+        return [tf.constant(to_keras(n, sh, phi[:, lo:hi]).T)
+                for n, sh, lo, hi in zip(names, shapes, spans[:-1], spans[1:])]
+
+    weights = [tf.Variable(w) for w in keras_vectors(s.theta0)]
+    optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
+
+    def noise_product(E, c, shape):
+        """The official optimized noise_product: Σ over batches of 50 directions of E_b c_b."""
+        p = tf.zeros(shape)
+        for lo in range(0, d, BATCHING):
+            p = p + tf.reshape(tf.matmul(E[:, lo:lo + BATCHING],
+                                         tf.expand_dims(c[lo:lo + BATCHING], -1)), shape)
+        return p
+
+    def forward(ws, x):
+        k1, b1, k2, b2, k3, b3, k4, b4, k5, b5 = ws
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, k1, 1, "VALID") + b1), 2, 2, "VALID")
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(h, k2, 1, "VALID") + b2), 2, 2, "VALID")
+        h = tf.nn.relu(tf.nn.conv2d(h, k3, 1, "VALID") + b3)
+        h = tf.reshape(h, [tf.shape(h)[0], -1])
+        h = tf.nn.relu(tf.matmul(h, k4) + b4)
+        return tf.nn.softmax(tf.matmul(h, k5) + b5)
+
+    def loss_of(ws, x, y):
+        return tf.reduce_mean(tf.keras.losses.categorical_crossentropy(tf.one_hot(y, 10),
+                                                                       forward(ws, x)))
+
+    @tf.function
+    def coordinate_gradient(ws, Es, x, y):
+        c = tf.zeros([d])                        # reset_coordinates_each_step
+        with tf.GradientTape() as tape:
+            tape.watch(c)
+            eff = [w + noise_product(E, c, w.shape) for w, E in zip(ws, Es)]
+            loss = loss_of(eff, x, y)
+        return tape.gradient(loss, c), loss
+
+    @tf.function
+    def official_step(Es, x, y):
+        g, loss = coordinate_gradient(weights, Es, x, y)
+        steps = [noise_product(E, g, w.shape) for w, E in zip(weights, Es)]
+        optimizer.apply_gradients(zip(steps, weights))
+        return g, loss
+
+    def nhwc(x: torch.Tensor):
+        return tf.constant(x.permute(0, 2, 3, 1).contiguous().numpy())
+
+    def val_acc_tf() -> float:
+        hits = 0
+        for lo in range(0, len(s.data.val.y), 1000):
+            x = s.data.inputs.tensor(s.data.val.x[lo:lo + 1000])
+            probs = forward(weights, nhwc(x))
+            hits += int(np.sum(np.argmax(probs.numpy(), 1) == s.data.val.y[lo:lo + 1000]))
+        return hits / len(s.data.val.y)
+
+    # the two networks on θ0: the same function?
+    x0, y0 = step_batch(s, 0)
+    with torch.no_grad():
+        p_torch = torch.softmax(s.model(x0), 1).numpy()
+    p_tf = forward(weights, nhwc(x0)).numpy()
+    print(f"θ0, batch 0: max |p_torch - p_tf| = {np.abs(p_torch - p_tf).max():.2e}, "
+          f"loss torch {float(s.loss_fn(s.model(x0), y0).detach()):.7f}, "
+          f"TensorFlow {float(loss_of(weights, nhwc(x0), tf.constant(y0.numpy()))):.7f}",
+          flush=True)
+
+    # the initialisation: rbd-hpc's θ0 against Keras' own defaults for each variable
+    init = []
+    for n, w in zip(names, weights):
+        if n.endswith("bias"):
+            init.append(f"{n.split('.')[0]} bias max |b| {np.abs(w.numpy()).max():g}")
+            continue
+        keras = tf.keras.initializers.GlorotUniform(seed=a.seed)(w.shape).numpy()
+        init.append(f"{n.split('.')[0]} kernel max |w| {np.abs(w.numpy()).max():.4f} std "
+                    f"{w.numpy().std():.4f} (Keras GlorotUniform: {np.abs(keras).max():.4f}, "
+                    f"{keras.std():.4f})")
+    print("θ0: " + "; ".join(init), flush=True)
+
+    basis, key = s.method.basis, s.method.key_step
+    rel_coef, t0 = [], time.perf_counter()
+    for step in range(a.steps):
+        phi = basis.matrix(key(step), comp.index, comp.size, range(d)).numpy()
+        Es = keras_bases(phi)
+        x, y = step_batch(s, step)
+        xt, yt = nhwc(x), tf.constant(y.numpy())
+        check = (step + 1) % a.every == 0 or step == 0 or step + 1 == a.steps
+        if check:  # the official graph's coordinate gradients at rbd-hpc's θ
+            here = [tf.constant(w) for w in keras_vectors(s.flat.theta.detach().numpy())]
+            g_at_torch, _ = coordinate_gradient(here, Es, xt, yt)
+        theta_before = s.flat.theta.detach().numpy().astype(np.float64)
+        stats = take_step(s, step)
+        g_tf, loss_tf = official_step(Es, xt, yt)
+        c_torch = stats.result.coefficients.numpy()
+        if check:
+            diff = np.abs(g_at_torch.numpy() - c_torch).max() / np.abs(c_torch).max()
+            rel_coef.append(diff)
+            theta_tf = np.concatenate([to_keras_inverse(w.numpy(), n, sh)
+                                       for w, n, sh in zip(weights, names, shapes)])
+            theta = s.flat.theta.detach().numpy()
+            moved = np.linalg.norm(theta - s.theta0)
+            apart = np.linalg.norm(theta_tf - theta)
+            # the step in float64 from rbd-hpc's coefficients, and what storing θ + step in
+            # float32 alone does to it: the floor of any two implementations' agreement
+            exact = -lr * (c_torch.astype(np.float64) @ phi.astype(np.float64))
+            stored = (theta_before + exact).astype(np.float32).astype(np.float64)
+            floor = np.linalg.norm(stored - theta_before - exact) / np.linalg.norm(exact)
+            print(f"step {step + 1}: coordinate gradients at rbd-hpc's θ, max diff / max "
+                  f"{diff:.1e}; ‖θ_tf − θ‖ / ‖θ − θ0‖ = {apart / moved:.1e}; float32 "
+                  f"storage of θ rounds this step by {floor:.1e} of its size; loss torch "
+                  f"{stats.loss:.5f}, TensorFlow {float(loss_tf):.5f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        if (step + 1) % s.stream.steps_per_epoch == 0 and step + 1 < a.steps:
+            _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
+            print(f"epoch {(step + 1) // s.stream.steps_per_epoch}: validation accuracy "
+                  f"rbd-hpc {acc_torch:.4f}, official graph {val_acc_tf():.4f}", flush=True)
+    _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
+    print(f"after {a.steps} steps: validation accuracy rbd-hpc {acc_torch:.4f}, official graph "
+          f"{val_acc_tf():.4f}; coordinate gradients at rbd-hpc's θ agree to "
+          f"{max(rel_coef):.1e} of the largest at every check", flush=True)
+
+
+def to_keras_inverse(w: np.ndarray, name: str, shape: tuple) -> np.ndarray:
+    """A Keras variable back to torch's flat layout (the inverse of ``to_keras``)."""
+    if len(shape) == 4:
+        t = w.transpose(3, 2, 0, 1)
+    elif len(shape) == 2 and name.startswith("fc1"):
+        side = int(round(math.sqrt(shape[1] // 64)))
+        t = w.reshape(side, side, 64, shape[0]).transpose(3, 2, 0, 1)
+    elif len(shape) == 2:
+        t = w.T
+    else:
+        t = w
+    return np.ascontiguousarray(t).reshape(-1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
