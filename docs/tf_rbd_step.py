@@ -1,6 +1,7 @@
 """The official RBD step, built in TensorFlow as models/rbd.py builds it, against rbd-hpc's.
 
-    python docs/tf_rbd_step.py [--seed S] [--steps K] [--every N] [--augment] [--threads T]
+    python docs/tf_rbd_step.py [--method rbd|nes] [--seed S] [--steps K] [--every N]
+                               [--augment] [--threads T]
 
 Needs TensorFlow, which rbd-hpc does not install (``pip install tensorflow-cpu`` in a separate
 virtual environment that also has rbd-hpc, as for docs/keras_sgd.py). It checks whether
@@ -29,6 +30,9 @@ then follows its own trajectory. Every ``--every`` steps it prints the step's
 coordinate gradients as the official graph computes them at rbd-hpc's θ (the largest
 difference relative to the largest coordinate), the two trajectories' distance relative to
 how far θ has moved, and both losses; after every epoch, both networks' validation accuracy.
+
+``--method nes`` does the same for the official NES update (models/nes.py) against rbd-hpc's
+``--nes paper`` (see ``run_nes``): 625 updates are the paper's 100 epochs of images.
 """
 import argparse
 import math
@@ -50,8 +54,10 @@ BATCHING = 50  # the official base.batching: the noise product runs over 50 dire
 def parse(argv):
     p = argparse.ArgumentParser(prog="tf_rbd_step.py", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1562, help="steps to run (1562: one epoch)")
+    p.add_argument("--steps", type=int, default=1562, help="steps to run (RBD: 1562 are one epoch; NES: 625 are 100)")
     p.add_argument("--every", type=int, default=100, help="print a comparison every N steps")
+    p.add_argument("--method", choices=("rbd", "nes"), default="rbd",
+                   help="nes: the official NES update (models/nes.py) instead")
     p.add_argument("--augment", action="store_true", help="the paper's augmentation on")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
@@ -87,7 +93,7 @@ def main(argv):
     a = parse(argv)
     tf = tensorflow("tf_rbd_step.py", a.threads)
     try:
-        cfg = TrainConfig.from_preset("cnn-fmnist", protocol="paper", method="rbd",
+        cfg = TrainConfig.from_preset("cnn-fmnist", protocol="paper", method=a.method,
                                       augment=a.augment, seed=a.seed, steps=a.steps,
                                       threads=a.threads)
         s = set_up(cfg, SingleProcess())
@@ -185,6 +191,9 @@ def main(argv):
     print("θ0: " + "; ".join(init), flush=True)
 
     basis, key = s.method.basis, s.method.key_step
+    if a.method == "nes":
+        return run_nes(tf, a, s, weights, keras_bases, keras_vectors, forward, loss_of, nhwc,
+                       val_acc_tf)
     rel_coef, t0 = [], time.perf_counter()
     for step in range(a.steps):
         phi = basis.matrix(key(step), comp.index, comp.size, range(d)).numpy()
@@ -225,6 +234,75 @@ def main(argv):
     print(f"after {a.steps} steps: validation accuracy rbd-hpc {acc_torch:.4f}, official graph "
           f"{val_acc_tf():.4f}; coordinate gradients at rbd-hpc's θ agree to "
           f"{max(rel_coef):.1e} of the largest at every check", flush=True)
+
+
+def run_nes(tf, a, s, weights, keras_bases, keras_vectors, forward, loss_of, nhwc, val_acc_tf):
+    """The official NES update (models/nes.py) beside rbd-hpc's ``--nes paper``: offspring
+    W + σ ε_i (ε_i unnormalised) each scored on its own batch, centred ranks of the losses
+    (``argsort`` descending, rank / (n − 1) − 0.5) over σ n, and W += lr · Σ_i r_i ε_i / √D
+    through the same batched noise product, applied with ``K.update_add``."""
+    comp, = s.compartments
+    D, n, lr, sigma = s.flat.dim, comp.d, s.cfg.lr, s.cfg.sigma
+    root_d = math.sqrt(D)
+
+    @tf.function
+    def offspring_losses(ws, Es, xs, ys):
+        def one(i):
+            return loss_of([w + sigma * root_d * tf.reshape(E[:, i], w.shape)
+                            for w, E in zip(ws, Es)], xs[i], ys[i])
+        return tf.map_fn(one, tf.range(n), fn_output_signature=tf.float32,
+                         parallel_iterations=1)
+
+    def official_ranks(values):
+        order = tf.argsort(values, direction="DESCENDING")
+        ranks = tf.scatter_nd(tf.expand_dims(order, 1), tf.range(n, dtype=tf.float32), [n])
+        return ranks / float(n - 1) - 0.5
+
+    @tf.function
+    def official_update(Es, normalized):
+        for w, E in zip(weights, Es):
+            p = tf.zeros(w.shape)
+            for lo in range(0, n, BATCHING):
+                p = p + tf.reshape(tf.matmul(E[:, lo:lo + BATCHING],
+                                             tf.expand_dims(normalized[lo:lo + BATCHING], -1)),
+                                   w.shape)
+            w.assign_add(lr * p)
+
+    print(f"NES: σ = {sigma:g}, n = {n} offspring on their own batches, lr = {lr:g}, "
+          f"{s.total} updates", flush=True)
+    t0, swapped = time.perf_counter(), []
+    for step in range(a.steps):
+        phi = s.method.basis.matrix(s.method.key_step(step), comp.index, comp.size,
+                                    range(n)).numpy()
+        Es = keras_bases(phi)
+        batches = [step_batch(s, step, i) for i in range(n)]
+        xs = tf.stack([nhwc(x) for x, _ in batches])
+        ys = tf.stack([tf.constant(y.numpy()) for _, y in batches])
+        check = (step + 1) % a.every == 0 or step == 0 or step + 1 == a.steps
+        if check:  # the official ranks from the losses at rbd-hpc's θ
+            here = [tf.constant(w) for w in keras_vectors(s.flat.theta.detach().numpy())]
+            ranks_at_torch = official_ranks(offspring_losses(here, Es, xs, ys)).numpy()
+        stats = take_step(s, step)
+        ranks_torch = -stats.result.coefficients.numpy() * n * sigma  # rbd-hpc steps by −c
+        normalized = official_ranks(offspring_losses(weights, Es, xs, ys)) / (sigma * n)
+        official_update(Es, normalized)
+        if check:
+            differ = int(np.sum(np.abs(ranks_at_torch - ranks_torch) > 1e-6))
+            swapped.append(differ)
+            theta = s.flat.theta.detach().numpy()
+            theta_tf = np.concatenate([to_keras_inverse(w.numpy(), nm, sh)
+                                       for w, nm, sh in zip(weights, s.flat.names,
+                                                            s.flat.shapes)])
+            apart = np.linalg.norm(theta_tf - theta) / np.linalg.norm(theta - s.theta0)
+            _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
+            print(f"update {step + 1}: official ranks at rbd-hpc's θ differ for {differ} of {n} "
+                  f"offspring (max |Δ| {np.abs(ranks_at_torch - ranks_torch).max():.3f}); "
+                  f"‖θ_tf − θ‖ / ‖θ − θ0‖ = {apart:.1e}; validation accuracy rbd-hpc "
+                  f"{acc_torch:.4f}, official update {val_acc_tf():.4f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"after {a.steps} updates ({a.steps * n * s.cfg.batch_size / len(s.data.train.y):g} "
+          f"epochs of images): ranks differed for at most {max(swapped)} of {n} offspring at "
+          f"a check", flush=True)
 
 
 def to_keras_inverse(w: np.ndarray, name: str, shape: tuple) -> np.ndarray:
