@@ -54,7 +54,8 @@ BATCHING = 50  # the official base.batching: the noise product runs over 50 dire
 def parse(argv):
     p = argparse.ArgumentParser(prog="tf_rbd_step.py", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1562, help="steps to run (RBD: 1562 are one epoch; NES: 625 are 100)")
+    p.add_argument("--steps", type=int, default=1562,
+                   help="steps to run (RBD: 1562 are one epoch; NES: 625 are 100)")
     p.add_argument("--every", type=int, default=100, help="print a comparison every N steps")
     p.add_argument("--method", choices=("rbd", "nes"), default="rbd",
                    help="nes: the official NES update (models/nes.py) instead")
@@ -89,6 +90,87 @@ def keras_shape(shape: tuple) -> tuple:
     return shape
 
 
+class Official:
+    """The TensorFlow side: the official network and noise product on Keras-layout copies of
+    rbd-hpc's θ, directions and batches (``s``: rbd-hpc's session, which supplies them)."""
+
+    def __init__(self, tf, s):
+        self.tf, self.s = tf, s
+        sizes = [int(np.prod(sh)) for sh in s.flat.shapes]
+        self.layout = list(zip(s.flat.names, s.flat.shapes, np.cumsum([0] + sizes)[:-1],
+                               np.cumsum(sizes)))
+        self.weights = [tf.Variable(w) for w in self.vectors(s.theta0)]
+
+    def vectors(self, flat: np.ndarray) -> list:
+        """A flat torch θ as arrays of Keras' shapes."""
+        return [to_keras(n, sh, flat[None, lo:hi])[0].reshape(keras_shape(sh))
+                for n, sh, lo, hi in self.layout]
+
+    def at_torch(self) -> list:
+        """rbd-hpc's θ as it stands, as Keras-layout constants."""
+        return [self.tf.constant(w) for w in self.vectors(self.s.flat.theta.detach().numpy())]
+
+    def bases(self, phi: np.ndarray) -> list:
+        """Per variable, E (size × d) in Keras' layout, from the step's d rows."""
+        return [self.tf.constant(to_keras(n, sh, phi[:, lo:hi]).T)
+                for n, sh, lo, hi in self.layout]
+
+    def noise_product(self, E, c, shape):
+        """The official optimized noise_product: Σ over batches of 50 directions of E_b c_b."""
+        tf = self.tf
+        p = tf.zeros(shape)
+        for lo in range(0, E.shape[1], BATCHING):
+            p = p + tf.reshape(tf.matmul(E[:, lo:lo + BATCHING],
+                                         tf.expand_dims(c[lo:lo + BATCHING], -1)), shape)
+        return p
+
+    def forward(self, ws, x):
+        tf = self.tf
+        k1, b1, k2, b2, k3, b3, k4, b4, k5, b5 = ws
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, k1, 1, "VALID") + b1), 2, 2, "VALID")
+        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(h, k2, 1, "VALID") + b2), 2, 2, "VALID")
+        h = tf.nn.relu(tf.nn.conv2d(h, k3, 1, "VALID") + b3)
+        h = tf.reshape(h, [tf.shape(h)[0], -1])
+        h = tf.nn.relu(tf.matmul(h, k4) + b4)
+        return tf.nn.softmax(tf.matmul(h, k5) + b5)
+
+    def loss_of(self, ws, x, y):
+        tf = self.tf
+        return tf.reduce_mean(tf.keras.losses.categorical_crossentropy(tf.one_hot(y, 10),
+                                                                       self.forward(ws, x)))
+
+    def nhwc(self, x: torch.Tensor):
+        return self.tf.constant(x.permute(0, 2, 3, 1).contiguous().numpy())
+
+    def batch(self, step: int, offset: int = 0):
+        """rbd-hpc's batch for ``step`` (its ``offset``-th, NES) as TensorFlow tensors."""
+        x, y = step_batch(self.s, step, offset)
+        return self.nhwc(x), self.tf.constant(y.numpy())
+
+    def apart(self) -> float:
+        """‖θ_tf − θ‖ / ‖θ − θ0‖: how far the two trajectories have parted, relative to how far
+        θ has moved."""
+        theta = self.s.flat.theta.detach().numpy()
+        theta_tf = np.concatenate([to_keras_inverse(w.numpy(), n, sh)
+                                   for w, (n, sh, _, _) in zip(self.weights, self.layout)])
+        return (np.linalg.norm(theta_tf - theta)
+                / np.linalg.norm(theta - self.s.theta0))
+
+    def val_accs(self) -> tuple[float, float]:
+        """Validation accuracy of rbd-hpc's network and of the official one."""
+        s, hits = self.s, 0
+        _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
+        for lo in range(0, len(s.data.val.y), 1000):
+            x = self.nhwc(s.data.inputs.tensor(s.data.val.x[lo:lo + 1000]))
+            probs = self.forward(self.weights, x)
+            hits += int(np.sum(np.argmax(probs.numpy(), 1) == s.data.val.y[lo:lo + 1000]))
+        return acc_torch, hits / len(s.data.val.y)
+
+
+def is_check(a, step: int) -> bool:
+    return (step + 1) % a.every == 0 or step == 0 or step + 1 == a.steps
+
+
 def main(argv):
     a = parse(argv)
     tf = tensorflow("tf_rbd_step.py", a.threads)
@@ -100,87 +182,24 @@ def main(argv):
     except UserError as e:
         sys.exit(f"tf_rbd_step.py: {e}")
     comp, = s.compartments                      # the paper's one compartment
-    D, d, lr = s.flat.dim, comp.d, cfg.lr
-    names, shapes = s.flat.names, s.flat.shapes
-    sizes = [int(np.prod(sh)) for sh in shapes]
-    spans = np.cumsum([0] + sizes)
-    print(f"CNN-FMNIST, --protocol paper, seed {a.seed}: D = {D}, d = {d}, lr = {lr:g}, "
-          f"{cfg.dist} directions, normalize {cfg.normalize}, augment {cfg.augment}; "
-          f"parameters {', '.join(names)}", flush=True)
-
-    def keras_vectors(flat: np.ndarray) -> list:
-        return [to_keras(n, sh, flat[None, lo:hi])[0].reshape(keras_shape(sh))
-                for n, sh, lo, hi in zip(names, shapes, spans[:-1], spans[1:])]
-
-    def keras_bases(phi: np.ndarray) -> list:
-        """Per variable, E (size × d) in Keras' layout, from the step's d rows."""
-        return [tf.constant(to_keras(n, sh, phi[:, lo:hi]).T)
-                for n, sh, lo, hi in zip(names, shapes, spans[:-1], spans[1:])]
-
-    weights = [tf.Variable(w) for w in keras_vectors(s.theta0)]
-    optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
-
-    def noise_product(E, c, shape):
-        """The official optimized noise_product: Σ over batches of 50 directions of E_b c_b."""
-        p = tf.zeros(shape)
-        for lo in range(0, d, BATCHING):
-            p = p + tf.reshape(tf.matmul(E[:, lo:lo + BATCHING],
-                                         tf.expand_dims(c[lo:lo + BATCHING], -1)), shape)
-        return p
-
-    def forward(ws, x):
-        k1, b1, k2, b2, k3, b3, k4, b4, k5, b5 = ws
-        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, k1, 1, "VALID") + b1), 2, 2, "VALID")
-        h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(h, k2, 1, "VALID") + b2), 2, 2, "VALID")
-        h = tf.nn.relu(tf.nn.conv2d(h, k3, 1, "VALID") + b3)
-        h = tf.reshape(h, [tf.shape(h)[0], -1])
-        h = tf.nn.relu(tf.matmul(h, k4) + b4)
-        return tf.nn.softmax(tf.matmul(h, k5) + b5)
-
-    def loss_of(ws, x, y):
-        return tf.reduce_mean(tf.keras.losses.categorical_crossentropy(tf.one_hot(y, 10),
-                                                                       forward(ws, x)))
-
-    @tf.function
-    def coordinate_gradient(ws, Es, x, y):
-        c = tf.zeros([d])                        # reset_coordinates_each_step
-        with tf.GradientTape() as tape:
-            tape.watch(c)
-            eff = [w + noise_product(E, c, w.shape) for w, E in zip(ws, Es)]
-            loss = loss_of(eff, x, y)
-        return tape.gradient(loss, c), loss
-
-    @tf.function
-    def official_step(Es, x, y):
-        g, loss = coordinate_gradient(weights, Es, x, y)
-        steps = [noise_product(E, g, w.shape) for w, E in zip(weights, Es)]
-        optimizer.apply_gradients(zip(steps, weights))
-        return g, loss
-
-    def nhwc(x: torch.Tensor):
-        return tf.constant(x.permute(0, 2, 3, 1).contiguous().numpy())
-
-    def val_acc_tf() -> float:
-        hits = 0
-        for lo in range(0, len(s.data.val.y), 1000):
-            x = s.data.inputs.tensor(s.data.val.x[lo:lo + 1000])
-            probs = forward(weights, nhwc(x))
-            hits += int(np.sum(np.argmax(probs.numpy(), 1) == s.data.val.y[lo:lo + 1000]))
-        return hits / len(s.data.val.y)
+    print(f"CNN-FMNIST, --protocol paper, seed {a.seed}: D = {s.flat.dim}, d = {comp.d}, "
+          f"lr = {cfg.lr:g}, {cfg.dist} directions, normalize {cfg.normalize}, augment "
+          f"{cfg.augment}; parameters {', '.join(s.flat.names)}", flush=True)
+    o = Official(tf, s)
 
     # the two networks on θ0: the same function?
     x0, y0 = step_batch(s, 0)
     with torch.no_grad():
         p_torch = torch.softmax(s.model(x0), 1).numpy()
-    p_tf = forward(weights, nhwc(x0)).numpy()
+        loss_torch = float(s.loss_fn(s.model(x0), y0))
+    p_tf = o.forward(o.weights, o.nhwc(x0)).numpy()
     print(f"θ0, batch 0: max |p_torch - p_tf| = {np.abs(p_torch - p_tf).max():.2e}, "
-          f"loss torch {float(s.loss_fn(s.model(x0), y0).detach()):.7f}, "
-          f"TensorFlow {float(loss_of(weights, nhwc(x0), tf.constant(y0.numpy()))):.7f}",
-          flush=True)
+          f"loss torch {loss_torch:.7f}, "
+          f"TensorFlow {float(o.loss_of(o.weights, *o.batch(0))):.7f}", flush=True)
 
     # the initialisation: rbd-hpc's θ0 against Keras' own defaults for each variable
     init = []
-    for n, w in zip(names, weights):
+    for n, w in zip(s.flat.names, o.weights):
         if n.endswith("bias"):
             init.append(f"{n.split('.')[0]} bias max |b| {np.abs(w.numpy()).max():g}")
             continue
@@ -189,67 +208,82 @@ def main(argv):
                     f"{w.numpy().std():.4f} (Keras GlorotUniform: {np.abs(keras).max():.4f}, "
                     f"{keras.std():.4f})")
     print("θ0: " + "; ".join(init), flush=True)
+    (run_nes if a.method == "nes" else run_rbd)(tf, a, o)
 
-    basis, key = s.method.basis, s.method.key_step
-    if a.method == "nes":
-        return run_nes(tf, a, s, weights, keras_bases, keras_vectors, forward, loss_of, nhwc,
-                       val_acc_tf)
+
+def run_rbd(tf, a, o: Official):
+    """The official RBD step (models/rbd.py) beside rbd-hpc's, step by step."""
+    s = o.s
+    comp, = s.compartments
+    d, lr = comp.d, s.cfg.lr
+    optimizer = tf.keras.optimizers.SGD(learning_rate=lr)
+
+    @tf.function
+    def coordinate_gradient(ws, Es, x, y):
+        c = tf.zeros([d])                        # reset_coordinates_each_step
+        with tf.GradientTape() as tape:
+            tape.watch(c)
+            eff = [w + o.noise_product(E, c, w.shape) for w, E in zip(ws, Es)]
+            loss = o.loss_of(eff, x, y)
+        return tape.gradient(loss, c), loss
+
+    @tf.function
+    def official_step(Es, x, y):
+        g, loss = coordinate_gradient(o.weights, Es, x, y)
+        steps = [o.noise_product(E, g, w.shape) for w, E in zip(o.weights, Es)]
+        optimizer.apply_gradients(zip(steps, o.weights))
+        return g, loss
+
     rel_coef, t0 = [], time.perf_counter()
     for step in range(a.steps):
-        phi = basis.matrix(key(step), comp.index, comp.size, range(d)).numpy()
-        Es = keras_bases(phi)
-        x, y = step_batch(s, step)
-        xt, yt = nhwc(x), tf.constant(y.numpy())
-        check = (step + 1) % a.every == 0 or step == 0 or step + 1 == a.steps
+        phi = s.method.basis.matrix(s.method.key_step(step), comp.index, comp.size,
+                                    range(d)).numpy()
+        Es = o.bases(phi)
+        xt, yt = o.batch(step)
+        check = is_check(a, step)
         if check:  # the official graph's coordinate gradients at rbd-hpc's θ
-            here = [tf.constant(w) for w in keras_vectors(s.flat.theta.detach().numpy())]
-            g_at_torch, _ = coordinate_gradient(here, Es, xt, yt)
+            g_at_torch, _ = coordinate_gradient(o.at_torch(), Es, xt, yt)
         theta_before = s.flat.theta.detach().numpy().astype(np.float64)
         stats = take_step(s, step)
-        g_tf, loss_tf = official_step(Es, xt, yt)
+        _, loss_tf = official_step(Es, xt, yt)
         c_torch = stats.result.coefficients.numpy()
         if check:
             diff = np.abs(g_at_torch.numpy() - c_torch).max() / np.abs(c_torch).max()
             rel_coef.append(diff)
-            theta_tf = np.concatenate([to_keras_inverse(w.numpy(), n, sh)
-                                       for w, n, sh in zip(weights, names, shapes)])
-            theta = s.flat.theta.detach().numpy()
-            moved = np.linalg.norm(theta - s.theta0)
-            apart = np.linalg.norm(theta_tf - theta)
             # the step in float64 from rbd-hpc's coefficients, and what storing θ + step in
             # float32 alone does to it: the floor of any two implementations' agreement
             exact = -lr * (c_torch.astype(np.float64) @ phi.astype(np.float64))
             stored = (theta_before + exact).astype(np.float32).astype(np.float64)
             floor = np.linalg.norm(stored - theta_before - exact) / np.linalg.norm(exact)
             print(f"step {step + 1}: coordinate gradients at rbd-hpc's θ, max diff / max "
-                  f"{diff:.1e}; ‖θ_tf − θ‖ / ‖θ − θ0‖ = {apart / moved:.1e}; float32 "
+                  f"{diff:.1e}; ‖θ_tf − θ‖ / ‖θ − θ0‖ = {o.apart():.1e}; float32 "
                   f"storage of θ rounds this step by {floor:.1e} of its size; loss torch "
                   f"{stats.loss:.5f}, TensorFlow {float(loss_tf):.5f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if (step + 1) % s.stream.steps_per_epoch == 0 and step + 1 < a.steps:
-            _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
             print(f"epoch {(step + 1) // s.stream.steps_per_epoch}: validation accuracy "
-                  f"rbd-hpc {acc_torch:.4f}, official graph {val_acc_tf():.4f}", flush=True)
-    _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
-    print(f"after {a.steps} steps: validation accuracy rbd-hpc {acc_torch:.4f}, official graph "
-          f"{val_acc_tf():.4f}; coordinate gradients at rbd-hpc's θ agree to "
-          f"{max(rel_coef):.1e} of the largest at every check", flush=True)
+                  "rbd-hpc {:.4f}, official graph {:.4f}".format(*o.val_accs()), flush=True)
+    print(f"after {a.steps} steps: validation accuracy "
+          "rbd-hpc {:.4f}, official graph {:.4f}; ".format(*o.val_accs())
+          + f"coordinate gradients at rbd-hpc's θ agree to {max(rel_coef):.1e} of the largest "
+          "at every check", flush=True)
 
 
-def run_nes(tf, a, s, weights, keras_bases, keras_vectors, forward, loss_of, nhwc, val_acc_tf):
+def run_nes(tf, a, o: Official):
     """The official NES update (models/nes.py) beside rbd-hpc's ``--nes paper``: offspring
     W + σ ε_i (ε_i unnormalised) each scored on its own batch, centred ranks of the losses
     (``argsort`` descending, rank / (n − 1) − 0.5) over σ n, and W += lr · Σ_i r_i ε_i / √D
     through the same batched noise product, applied with ``K.update_add``."""
+    s = o.s
     comp, = s.compartments
-    D, n, lr, sigma = s.flat.dim, comp.d, s.cfg.lr, s.cfg.sigma
-    root_d = math.sqrt(D)
+    n, lr, sigma = comp.d, s.cfg.lr, s.cfg.sigma
+    root_d = math.sqrt(s.flat.dim)
 
     @tf.function
     def offspring_losses(ws, Es, xs, ys):
         def one(i):
-            return loss_of([w + sigma * root_d * tf.reshape(E[:, i], w.shape)
-                            for w, E in zip(ws, Es)], xs[i], ys[i])
+            return o.loss_of([w + sigma * root_d * tf.reshape(E[:, i], w.shape)
+                              for w, E in zip(ws, Es)], xs[i], ys[i])
         return tf.map_fn(one, tf.range(n), fn_output_signature=tf.float32,
                          parallel_iterations=1)
 
@@ -260,13 +294,8 @@ def run_nes(tf, a, s, weights, keras_bases, keras_vectors, forward, loss_of, nhw
 
     @tf.function
     def official_update(Es, normalized):
-        for w, E in zip(weights, Es):
-            p = tf.zeros(w.shape)
-            for lo in range(0, n, BATCHING):
-                p = p + tf.reshape(tf.matmul(E[:, lo:lo + BATCHING],
-                                             tf.expand_dims(normalized[lo:lo + BATCHING], -1)),
-                                   w.shape)
-            w.assign_add(lr * p)
+        for w, E in zip(o.weights, Es):
+            w.assign_add(lr * o.noise_product(E, normalized, w.shape))
 
     print(f"NES: σ = {sigma:g}, n = {n} offspring on their own batches, lr = {lr:g}, "
           f"{s.total} updates", flush=True)
@@ -274,32 +303,23 @@ def run_nes(tf, a, s, weights, keras_bases, keras_vectors, forward, loss_of, nhw
     for step in range(a.steps):
         phi = s.method.basis.matrix(s.method.key_step(step), comp.index, comp.size,
                                     range(n)).numpy()
-        Es = keras_bases(phi)
-        batches = [step_batch(s, step, i) for i in range(n)]
-        xs = tf.stack([nhwc(x) for x, _ in batches])
-        ys = tf.stack([tf.constant(y.numpy()) for _, y in batches])
-        check = (step + 1) % a.every == 0 or step == 0 or step + 1 == a.steps
+        Es = o.bases(phi)
+        xs, ys = (tf.stack(part) for part in zip(*(o.batch(step, i) for i in range(n))))
+        check = is_check(a, step)
         if check:  # the official ranks from the losses at rbd-hpc's θ
-            here = [tf.constant(w) for w in keras_vectors(s.flat.theta.detach().numpy())]
-            ranks_at_torch = official_ranks(offspring_losses(here, Es, xs, ys)).numpy()
+            ranks_at_torch = official_ranks(offspring_losses(o.at_torch(), Es, xs, ys)).numpy()
         stats = take_step(s, step)
         ranks_torch = -stats.result.coefficients.numpy() * n * sigma  # rbd-hpc steps by −c
-        normalized = official_ranks(offspring_losses(weights, Es, xs, ys)) / (sigma * n)
+        normalized = official_ranks(offspring_losses(o.weights, Es, xs, ys)) / (sigma * n)
         official_update(Es, normalized)
         if check:
             differ = int(np.sum(np.abs(ranks_at_torch - ranks_torch) > 1e-6))
             swapped.append(differ)
-            theta = s.flat.theta.detach().numpy()
-            theta_tf = np.concatenate([to_keras_inverse(w.numpy(), nm, sh)
-                                       for w, nm, sh in zip(weights, s.flat.names,
-                                                            s.flat.shapes)])
-            apart = np.linalg.norm(theta_tf - theta) / np.linalg.norm(theta - s.theta0)
-            _, acc_torch = evaluate(s.model, s.data.val, s.comm, s.device, s.data.inputs)
             print(f"update {step + 1}: official ranks at rbd-hpc's θ differ for {differ} of {n} "
                   f"offspring (max |Δ| {np.abs(ranks_at_torch - ranks_torch).max():.3f}); "
-                  f"‖θ_tf − θ‖ / ‖θ − θ0‖ = {apart:.1e}; validation accuracy rbd-hpc "
-                  f"{acc_torch:.4f}, official update {val_acc_tf():.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"‖θ_tf − θ‖ / ‖θ − θ0‖ = {o.apart():.1e}; validation accuracy "
+                  "rbd-hpc {:.4f}, official update {:.4f} ".format(*o.val_accs())
+                  + f"({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"after {a.steps} updates ({a.steps * n * s.cfg.batch_size / len(s.data.train.y):g} "
           f"epochs of images): ranks differed for at most {max(swapped)} of {n} offspring at "
           f"a check", flush=True)
